@@ -1,0 +1,490 @@
+"""tilecraft's operator set: for each op, its kind (for fusion), its type rule and a
+numpy evaluation (for constant folding and as the reference interpreter in tests).
+
+Frontends translate ONNX / ATen operators into these; lowering to TensorIR lives
+in `lower.py`.  Attribute values are always concrete (axes normalized, pads
+explicit), so every rule here is plain arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import GraphError, ShapeError
+from .ir import TensorType
+
+# Fusion kinds, from "cheapest to fuse" to "anchor":
+ELEMWISE = "elemwise"  # out[i] depends on in[i] (with broadcasting)
+INJECTIVE = "injective"  # out[i] depends on one element of each input (reshape, slice...)
+REDUCTION = "reduction"  # softmax, layer norm, reduce, pool
+ANCHOR = "anchor"  # conv, matmul, fused attention: the heavy op of a kernel
+OPAQUE = "opaque"  # fused groups
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    kind: str
+    infer: Callable[[list[TensorType], dict], TensorType]
+    evaluate: Callable[[list[np.ndarray], dict], np.ndarray]
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register(name: str, kind: str, infer, evaluate) -> None:
+    OPS[name] = OpDef(name, kind, infer, evaluate)
+
+
+def infer_type(op: str, inputs: list[TensorType], attrs: dict) -> TensorType:
+    if op not in OPS:
+        raise GraphError(f"unknown op {op!r}")
+    return OPS[op].infer(inputs, attrs)
+
+
+def evaluate(op: str, inputs: list[np.ndarray], attrs: dict) -> np.ndarray:
+    out = OPS[op].evaluate(inputs, attrs)
+    return np.asarray(out)
+
+
+def op_kind(op: str) -> str:
+    return OPS[op].kind
+
+
+# ---------------------------------------------------------------------------
+# helpers
+def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ShapeError(f"shapes {' and '.join(map(str, shapes))} do not broadcast") from None
+
+
+def _same(inputs, attrs):
+    return inputs[0]
+
+
+def _to(dtype):
+    return lambda inputs, attrs: TensorType(inputs[0].shape, dtype)
+
+
+def _erf(x):
+    return np.vectorize(math.erf, otypes=[x.dtype])(x) if x.size else x
+
+
+def _sigmoid(x):
+    return (1.0 / (1.0 + np.exp(-x))).astype(x.dtype)
+
+
+UNARY: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
+    "relu": lambda x, a: np.maximum(x, 0).astype(x.dtype),
+    "sigmoid": lambda x, a: _sigmoid(x),
+    "tanh": lambda x, a: np.tanh(x),
+    "exp": lambda x, a: np.exp(x),
+    "log": lambda x, a: np.log(x),
+    "sqrt": lambda x, a: np.sqrt(x),
+    "neg": lambda x, a: -x,
+    "abs": lambda x, a: np.abs(x),
+    "floor": lambda x, a: np.floor(x),
+    "ceil": lambda x, a: np.ceil(x),
+    "sin": lambda x, a: np.sin(x),
+    "cos": lambda x, a: np.cos(x),
+    "reciprocal": lambda x, a: (1 / x).astype(x.dtype),
+    "erf": lambda x, a: _erf(x),
+    "not": lambda x, a: np.logical_not(x),
+    "clip": lambda x, a: np.clip(x, a.get("min", -np.inf), a.get("max", np.inf)).astype(x.dtype),
+    "leaky_relu": lambda x, a: np.where(x >= 0, x, x * a["alpha"]).astype(x.dtype),
+    "hard_sigmoid": lambda x, a: np.clip(x * a["alpha"] + a["beta"], 0, 1).astype(x.dtype),
+    "hard_swish": lambda x, a: (x * np.clip(x / 6 + 0.5, 0, 1)).astype(x.dtype),
+    "silu": lambda x, a: (x * _sigmoid(x)).astype(x.dtype),
+    "gelu": lambda x, a: (
+        (0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))))
+        if a.get("approximate") == "tanh"
+        else (0.5 * x * (1 + _erf(x / math.sqrt(2))))
+    ).astype(x.dtype),
+    "cast": lambda x, a: x.astype(a["to"]),
+}
+for _name, _fn in UNARY.items():
+    register(
+        _name,
+        ELEMWISE,
+        (lambda inputs, attrs: TensorType(inputs[0].shape, attrs["to"])) if _name == "cast" else (_to("bool") if _name == "not" else _same),
+        (lambda fn: lambda inputs, attrs: fn(inputs[0], attrs))(_fn),
+    )
+
+BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "div": lambda a, b: (a // b) if np.issubdtype(a.dtype, np.integer) else np.divide(a, b),
+    "pow": lambda a, b: np.power(a, b).astype(a.dtype),
+    "minimum": np.minimum,
+    "maximum": np.maximum,
+    "mod": np.fmod,
+    "equal": np.equal,
+    "less": np.less,
+    "less_equal": np.less_equal,
+    "greater": np.greater,
+    "greater_equal": np.greater_equal,
+    "logical_and": np.logical_and,
+    "logical_or": np.logical_or,
+    "logical_xor": np.logical_xor,
+}
+COMPARISONS = {"equal", "less", "less_equal", "greater", "greater_equal", "logical_and", "logical_or", "logical_xor"}
+
+
+def _binary_infer(name):
+    def infer(inputs, attrs):
+        a, b = inputs
+        if a.dtype != b.dtype and name != "pow":
+            raise ShapeError(f"{name}: operand dtypes differ ({a.dtype} vs {b.dtype})")
+        return TensorType(broadcast_shapes(a.shape, b.shape), "bool" if name in COMPARISONS else a.dtype)
+
+    return infer
+
+
+for _name, _fn in BINARY.items():
+    register(_name, ELEMWISE, _binary_infer(_name), (lambda fn: lambda inputs, attrs: fn(inputs[0], inputs[1]))(_fn))
+
+
+def _where_infer(inputs, attrs):
+    c, x, y = inputs
+    if x.dtype != y.dtype:
+        raise ShapeError(f"where: branch dtypes differ ({x.dtype} vs {y.dtype})")
+    return TensorType(broadcast_shapes(c.shape, x.shape, y.shape), x.dtype)
+
+
+register("where", ELEMWISE, _where_infer, lambda i, a: np.where(i[0], i[1], i[2]))
+
+
+# ---------------------------------------------------------------------------
+# matmul: numpy semantics for >= 2-D operands, optional transposed B (Gemm, linear)
+def _matmul_infer(inputs, attrs):
+    a, b = inputs
+    if a.ndim < 2 or b.ndim < 2:
+        raise ShapeError("matmul operands must be at least 2-D (frontends reshape vectors)")
+    bk, bn = (b.shape[-1], b.shape[-2]) if attrs.get("transpose_b") else (b.shape[-2], b.shape[-1])
+    if a.shape[-1] != bk:
+        raise ShapeError(f"matmul: inner dimensions differ ({a.shape} x {b.shape})")
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return TensorType(batch + (a.shape[-2], bn), a.dtype)
+
+
+def _matmul_eval(inputs, attrs):
+    a, b = inputs
+    if attrs.get("transpose_b"):
+        b = np.swapaxes(b, -1, -2)
+    return np.matmul(a, b)
+
+
+register("matmul", ANCHOR, _matmul_infer, _matmul_eval)
+
+
+# ---------------------------------------------------------------------------
+# conv2d: NCHW input, OIHW weight, optional bias; pads = (top, left, bottom, right)
+def conv_out_dim(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, dilation: int) -> int:
+    return (size + pad_lo + pad_hi - dilation * (k - 1) - 1) // stride + 1
+
+
+def _conv_infer(inputs, attrs):
+    x, w = inputs[0], inputs[1]
+    if x.ndim != 4 or w.ndim != 4:
+        raise ShapeError(f"conv2d expects 4-D input and weight, got {x} and {w}")
+    groups = attrs.get("groups", 1)
+    if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
+        raise ShapeError(f"conv2d: channels {x.shape[1]} do not match weight {w.shape} with groups={groups}")
+    (sh, sw), (pt, pl, pb, pr), (dh, dw) = attrs["strides"], attrs["pads"], attrs["dilations"]
+    oh = conv_out_dim(x.shape[2], w.shape[2], sh, pt, pb, dh)
+    ow = conv_out_dim(x.shape[3], w.shape[3], sw, pl, pr, dw)
+    if oh <= 0 or ow <= 0:
+        raise ShapeError(f"conv2d output would be empty ({oh}x{ow})")
+    return TensorType((x.shape[0], w.shape[0], oh, ow), x.dtype)
+
+
+def _conv_eval(inputs, attrs):
+    x, w = inputs[0], inputs[1]
+    (sh, sw), (pt, pl, pb, pr), (dh, dw) = attrs["strides"], attrs["pads"], attrs["dilations"]
+    g = attrs.get("groups", 1)
+    n, c, _, _ = x.shape
+    o, ci, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    out_t = _conv_infer([TensorType(x.shape, str(x.dtype)), TensorType(w.shape, str(w.dtype))], attrs)
+    _, _, oh, ow = out_t.shape
+    out = np.zeros(out_t.shape, dtype=np.float64)
+    xg = xp.reshape(n, g, ci, *xp.shape[2:])
+    wg = w.reshape(g, o // g, ci, kh, kw)
+    for r in range(kh):
+        for s in range(kw):
+            patch = xg[:, :, :, r * dh : r * dh + sh * (oh - 1) + 1 : sh, s * dw : s * dw + sw * (ow - 1) + 1 : sw]
+            out += np.einsum("ngchw,goc->ngohw", patch, wg[:, :, :, r, s]).reshape(out.shape)
+    if len(inputs) > 2:
+        out += inputs[2].reshape(1, -1, 1, 1)
+    return out.astype(x.dtype)
+
+
+register("conv2d", ANCHOR, _conv_infer, _conv_eval)
+
+
+def _bn_eval(inputs, attrs):
+    x, scale, bias, mean, var = inputs
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    inv = scale / np.sqrt(var + attrs["epsilon"])
+    return ((x - mean.reshape(shape)) * inv.reshape(shape) + bias.reshape(shape)).astype(x.dtype)
+
+
+register("batch_norm", ELEMWISE, _same, _bn_eval)
+
+
+# ---------------------------------------------------------------------------
+# pooling (NCHW); pads = (top, left, bottom, right), already adjusted for ceil_mode
+def _pool_infer(inputs, attrs):
+    x = inputs[0]
+    (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = attrs["kernel"], attrs["strides"], attrs["pads"], attrs["dilations"]
+    oh = conv_out_dim(x.shape[2], kh, sh, pt, pb, dh)
+    ow = conv_out_dim(x.shape[3], kw, sw, pl, pr, dw)
+    return TensorType((x.shape[0], x.shape[1], oh, ow), x.dtype)
+
+
+def _pool_eval(inputs, attrs):
+    x = inputs[0].astype(np.float64)
+    (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = attrs["kernel"], attrs["strides"], attrs["pads"], attrs["dilations"]
+    kind = attrs["kind"]
+    fill = -np.inf if kind == "max" else 0.0
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=fill)
+    ones = np.pad(np.ones(x.shape[2:]), ((pt, pb), (pl, pr)))
+    out_t = _pool_infer([TensorType(x.shape, "float32")], attrs)
+    oh, ow = out_t.shape[2:]
+    acc = np.full((x.shape[0], x.shape[1], oh, ow), fill)
+    cnt = np.zeros((oh, ow))
+    for r in range(kh):
+        for s in range(kw):
+            sl = (slice(r * dh, r * dh + sh * (oh - 1) + 1, sh), slice(s * dw, s * dw + sw * (ow - 1) + 1, sw))
+            patch = xp[(slice(None), slice(None)) + sl]
+            acc = np.maximum(acc, patch) if kind == "max" else acc + patch
+            cnt += ones[sl]
+    if kind == "avg":
+        acc = acc / (kh * kw if attrs.get("count_include_pad") else cnt)
+    return acc.astype(inputs[0].dtype)
+
+
+register("pool2d", REDUCTION, _pool_infer, _pool_eval)
+
+
+# ---------------------------------------------------------------------------
+# reductions, softmax, layer norm
+def _reduce_infer(inputs, attrs):
+    x = inputs[0]
+    axes, keep = attrs["axes"], attrs.get("keepdims", True)
+    shape = tuple((1 if i in axes else d) for i, d in enumerate(x.shape) if keep or i not in axes)
+    return TensorType(shape, x.dtype)
+
+
+_REDUCERS = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "prod": np.prod}
+
+
+def _reduce_eval(inputs, attrs):
+    x = inputs[0]
+    out = _REDUCERS[attrs["kind"]](x, axis=tuple(attrs["axes"]), keepdims=attrs.get("keepdims", True))
+    return np.asarray(out).astype(x.dtype)
+
+
+register("reduce", REDUCTION, _reduce_infer, _reduce_eval)
+
+
+def _softmax_eval(inputs, attrs):
+    x = inputs[0].astype(np.float64)
+    e = np.exp(x - x.max(axis=attrs["axis"], keepdims=True))
+    out = e / e.sum(axis=attrs["axis"], keepdims=True)
+    if attrs.get("log"):
+        out = np.log(out)
+    return out.astype(inputs[0].dtype)
+
+
+register("softmax", REDUCTION, _same, _softmax_eval)
+
+
+def _layer_norm_eval(inputs, attrs):
+    x = inputs[0].astype(np.float64)
+    axes = tuple(range(attrs["axis"], x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    out = (x - mean) / np.sqrt(var + attrs["epsilon"]) * inputs[1]
+    if len(inputs) > 2:
+        out = out + inputs[2]
+    return out.astype(inputs[0].dtype)
+
+
+register("layer_norm", REDUCTION, _same, _layer_norm_eval)
+
+
+# ---------------------------------------------------------------------------
+# data movement
+def _reshape_infer(inputs, attrs):
+    shape = tuple(attrs["shape"])
+    if int(np.prod(shape, dtype=np.int64)) != inputs[0].size:
+        raise ShapeError(f"cannot reshape {inputs[0]} to {shape}")
+    return TensorType(shape, inputs[0].dtype)
+
+
+register("reshape", INJECTIVE, _reshape_infer, lambda i, a: i[0].reshape(a["shape"]))
+
+
+def _transpose_infer(inputs, attrs):
+    x, perm = inputs[0], attrs["perm"]
+    if sorted(perm) != list(range(x.ndim)):
+        raise ShapeError(f"transpose: perm {perm} does not fit rank {x.ndim}")
+    return TensorType(tuple(x.shape[p] for p in perm), x.dtype)
+
+
+register("transpose", INJECTIVE, _transpose_infer, lambda i, a: np.transpose(i[0], a["perm"]))
+
+
+def _concat_infer(inputs, attrs):
+    axis = attrs["axis"]
+    base = inputs[0]
+    for t in inputs[1:]:
+        if t.ndim != base.ndim or any(d != e for k, (d, e) in enumerate(zip(t.shape, base.shape)) if k != axis):
+            raise ShapeError(f"concat: shapes {base.shape} and {t.shape} differ off axis {axis}")
+    shape = list(base.shape)
+    shape[axis] = sum(t.shape[axis] for t in inputs)
+    return TensorType(tuple(shape), base.dtype)
+
+
+register("concat", INJECTIVE, _concat_infer, lambda i, a: np.concatenate(i, axis=a["axis"]))
+
+
+def _slice_infer(inputs, attrs):
+    x = inputs[0]
+    shape = list(x.shape)
+    for s, e, ax, st in zip(attrs["starts"], attrs["ends"], attrs["axes"], attrs["steps"]):
+        shape[ax] = len(range(s, e, st))
+    return TensorType(tuple(shape), x.dtype)
+
+
+def _slice_eval(inputs, attrs):
+    index = [slice(None)] * inputs[0].ndim
+    for s, e, ax, st in zip(attrs["starts"], attrs["ends"], attrs["axes"], attrs["steps"]):
+        index[ax] = slice(s, e if e >= 0 else None, st)
+    return inputs[0][tuple(index)]
+
+
+register("slice", INJECTIVE, _slice_infer, _slice_eval)
+
+
+def _gather_infer(inputs, attrs):
+    x, idx, axis = inputs[0], inputs[1], attrs["axis"]
+    if idx.dtype not in ("int64", "int32"):
+        raise ShapeError(f"gather indices must be integers, got {idx.dtype}")
+    return TensorType(x.shape[:axis] + idx.shape + x.shape[axis + 1 :], x.dtype)
+
+
+def _gather_eval(inputs, attrs):
+    x, idx, axis = inputs[0], inputs[1], attrs["axis"]
+    idx = np.where(idx < 0, idx + x.shape[axis], idx)
+    return np.take(x, idx, axis=axis)
+
+
+register("gather", INJECTIVE, _gather_infer, _gather_eval)
+
+
+def _expand_infer(inputs, attrs):
+    return TensorType(broadcast_shapes(inputs[0].shape, tuple(attrs["shape"])), inputs[0].dtype)
+
+
+register(
+    "expand",
+    INJECTIVE,
+    _expand_infer,
+    lambda i, a: np.broadcast_to(i[0], broadcast_shapes(i[0].shape, tuple(a["shape"]))).copy(),
+)
+
+
+def _pad_infer(inputs, attrs):
+    x, pads = inputs[0], attrs["pads"]  # pads: (before_0.., after_0..)
+    n = x.ndim
+    return TensorType(tuple(d + pads[i] + pads[i + n] for i, d in enumerate(x.shape)), x.dtype)
+
+
+def _pad_eval(inputs, attrs):
+    x, pads, n = inputs[0], attrs["pads"], inputs[0].ndim
+    width = [(pads[i], pads[i + n]) for i in range(n)]
+    mode = attrs.get("mode", "constant")
+    if mode == "constant":
+        return np.pad(x, width, constant_values=attrs.get("value", 0))
+    return np.pad(x, width, mode={"reflect": "reflect", "edge": "edge"}[mode])
+
+
+register("pad", INJECTIVE, _pad_infer, _pad_eval)
+
+
+def _resize_infer(inputs, attrs):
+    return TensorType(tuple(attrs["sizes"]), inputs[0].dtype)
+
+
+def resize_source_index(out_idx, in_size, out_size, coord_mode):
+    """Map an output coordinate to a (fractional) input coordinate, as ONNX Resize does."""
+    scale = out_size / in_size
+    if coord_mode == "align_corners":
+        return out_idx * (in_size - 1) / (out_size - 1) if out_size > 1 else 0 * out_idx
+    if coord_mode == "asymmetric":
+        return out_idx / scale
+    if coord_mode == "pytorch_half_pixel":
+        return (out_idx + 0.5) / scale - 0.5 if out_size > 1 else 0 * out_idx
+    return (out_idx + 0.5) / scale - 0.5  # half_pixel
+
+
+def _resize_eval(inputs, attrs):
+    x = inputs[0]
+    out = x
+    for axis, (n_in, n_out) in enumerate(zip(x.shape, attrs["sizes"])):
+        if n_in == n_out:
+            continue
+        src = resize_source_index(np.arange(n_out, dtype=np.float64), n_in, n_out, attrs["coord_mode"])
+        if attrs["mode"] == "nearest":
+            idx = _nearest(src, attrs.get("nearest_mode", "round_prefer_floor"))
+            out = np.take(out, np.clip(idx, 0, n_in - 1), axis=axis)
+        else:
+            src = np.clip(src, 0, n_in - 1)
+            lo = np.floor(src).astype(np.int64)
+            hi = np.minimum(lo + 1, n_in - 1)
+            frac = (src - lo).reshape([-1 if k == axis else 1 for k in range(x.ndim)])
+            out = np.take(out, lo, axis=axis) * (1 - frac) + np.take(out, hi, axis=axis) * frac
+    return out.astype(x.dtype)
+
+
+def _nearest(src, mode):
+    if mode == "floor":
+        return np.floor(src).astype(np.int64)
+    if mode == "ceil":
+        return np.ceil(src).astype(np.int64)
+    if mode == "round_prefer_ceil":
+        return np.floor(src + 0.5).astype(np.int64)
+    return np.ceil(src - 0.5).astype(np.int64)  # round_prefer_floor
+
+
+register("resize", INJECTIVE, _resize_infer, _resize_eval)
+
+
+# ---------------------------------------------------------------------------
+# fused groups: `body` is a Graph whose inputs are the group's inputs, in order
+def _fused_infer(inputs, attrs):
+    body = attrs["body"]
+    got = [t for _, t in body.inputs]
+    if got != list(inputs):
+        raise ShapeError(f"fused group inputs {list(map(str, inputs))} do not match its body {list(map(str, got))}")
+    return body.type_of(body.outputs[0])
+
+
+def _fused_eval(inputs, attrs):
+    from .interpret import run_graph
+
+    body = attrs["body"]
+    return run_graph(body, {n: v for (n, _), v in zip(body.inputs, inputs)})[0]
+
+
+register("fused", OPAQUE, _fused_infer, _fused_eval)
+
