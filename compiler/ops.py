@@ -488,3 +488,32 @@ def _fused_eval(inputs, attrs):
 
 register("fused", OPAQUE, _fused_infer, _fused_eval)
 
+
+
+# ---------------------------------------------------------------------------
+# fused attention: softmax(q @ k^T * scale + mask [causal]) @ v, per batch and head.
+# q: [..., Sq, D], k: [..., Sk, D], v: [..., Sk, Dv], optional additive mask broadcast to [..., Sq, Sk]
+def _attention_infer(inputs, attrs):
+    q, k, v = inputs[:3]
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ShapeError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not fit")
+    batch = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    if len(inputs) > 3:
+        broadcast_shapes(inputs[3].shape, batch + (q.shape[-2], k.shape[-2]))
+    return TensorType(batch + (q.shape[-2], v.shape[-1]), q.dtype)
+
+
+def _attention_eval(inputs, attrs):
+    q, k, v = (x.astype(np.float64) for x in inputs[:3])
+    s = np.matmul(q, np.swapaxes(k, -1, -2)) * attrs["scale"]
+    if len(inputs) > 3:
+        s = s + inputs[3]
+    if attrs.get("causal"):
+        sq, sk = s.shape[-2:]
+        s = np.where(np.tril(np.ones((sq, sk), dtype=bool), k=sk - sq), s, -np.inf)
+    s = s - s.max(axis=-1, keepdims=True)
+    p = np.exp(s)
+    return (np.matmul(p / p.sum(axis=-1, keepdims=True), v)).astype(inputs[0].dtype)
+
+
+register("attention", ANCHOR, _attention_infer, _attention_eval)

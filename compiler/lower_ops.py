@@ -1,0 +1,520 @@
+"""Each tilecraft op as a TE compute.  `LOWER[op](inputs, attrs, out_type) -> te.Tensor`.
+
+Block names mirror topi's (`pad_temp`, `conv2d_nchw`, `T_matmul`...) so sketch rules
+and people reading TensorIR see familiar stages.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import tvm
+from tvm import te, tirx, topi
+
+from .ir import TensorType
+
+Lowering = Callable[[list[te.Tensor], dict, TensorType], te.Tensor]
+LOWER: dict[str, Lowering] = {}
+
+
+def lowering(*ops: str):
+    def deco(fn):
+        for op in ops:
+            LOWER[op] = fn
+        return fn
+
+    return deco
+
+
+def _const(value, dtype: str):
+    return tirx.const(value, dtype)
+
+
+def _dt(expr) -> str:
+    """dtype of a tensor element or a PrimExpr (TVM 0.27 PrimExprs carry `.ty`, not `.dtype`)."""
+    dtype = getattr(expr, "dtype", None)
+    return str(dtype if dtype is not None else expr.ty)
+
+
+def _bcast_index(shape, out_shape, idx):
+    """Index into a tensor broadcast (numpy rules) to out_shape."""
+    offset = len(out_shape) - len(shape)
+    return [0 if d == 1 and out_shape[offset + k] != 1 else idx[offset + k] for k, d in enumerate(shape)]
+
+
+def _elementwise(fn, out_type: TensorType, *tensors: te.Tensor, name: str):
+    shape = out_type.shape
+
+    def body(*idx):
+        return fn(*[t(*_bcast_index(t.shape, shape, idx)) if len(t.shape) else t() for t in tensors])
+
+    return te.compute(shape, body, name=name)
+
+
+# --------------------------------------------------------------------------- elementwise
+def _erf(x):
+    return tirx.erf(x)
+
+
+def _sigmoid(x):
+    return tirx.sigmoid(x)
+
+
+UNARY = {
+    "relu": lambda x, a: tirx.max(x, _const(0, _dt(x))),
+    "sigmoid": lambda x, a: _sigmoid(x),
+    "tanh": lambda x, a: tirx.tanh(x),
+    "exp": lambda x, a: tirx.exp(x),
+    "log": lambda x, a: tirx.log(x),
+    "sqrt": lambda x, a: tirx.sqrt(x),
+    "neg": lambda x, a: -x,
+    "abs": lambda x, a: tirx.abs(x),
+    "floor": lambda x, a: tirx.floor(x),
+    "ceil": lambda x, a: tirx.ceil(x),
+    "sin": lambda x, a: tirx.sin(x),
+    "cos": lambda x, a: tirx.cos(x),
+    "reciprocal": lambda x, a: _const(1, _dt(x)) / x,
+    "erf": lambda x, a: _erf(x),
+    "not": lambda x, a: tirx.Not(x),
+    "clip": lambda x, a: tirx.min(tirx.max(x, _const(a.get("min", -3.4e38), _dt(x))), _const(a.get("max", 3.4e38), _dt(x))),
+    "leaky_relu": lambda x, a: tirx.Select(x >= _const(0, _dt(x)), x, x * _const(a["alpha"], _dt(x))),
+    "hard_sigmoid": lambda x, a: tirx.min(tirx.max(x * _const(a["alpha"], _dt(x)) + _const(a["beta"], _dt(x)), _const(0, _dt(x))), _const(1, _dt(x))),
+    "hard_swish": lambda x, a: x * tirx.min(tirx.max(x / _const(6, _dt(x)) + _const(0.5, _dt(x)), _const(0, _dt(x))), _const(1, _dt(x))),
+    "silu": lambda x, a: x * _sigmoid(x),
+    "gelu": lambda x, a: (
+        _const(0.5, _dt(x)) * x * (_const(1, _dt(x)) + tirx.tanh(_const(math.sqrt(2 / math.pi), _dt(x)) * (x + _const(0.044715, _dt(x)) * x * x * x)))
+        if a.get("approximate") == "tanh"
+        else _const(0.5, _dt(x)) * x * (_const(1, _dt(x)) + _erf(x * _const(1 / math.sqrt(2), _dt(x))))
+    ),
+    "cast": lambda x, a: x.astype(a["to"]),
+}
+
+
+def _make_unary(op):
+    fn = UNARY[op]
+
+    def lower(inputs, attrs, out_type):
+        return _elementwise(lambda x: fn(x, attrs), out_type, inputs[0], name=f"T_{op}")
+
+    return lower
+
+
+for _op in UNARY:
+    LOWER[_op] = _make_unary(_op)
+
+
+def _div(a, b):
+    if "int" in _dt(a):
+        return tirx.truncdiv(a, b)
+    return a / b
+
+
+def _pow(a, b):
+    if isinstance(b, tirx.FloatImm) and b.value == 2.0:
+        return a * a
+    return tirx.power(a, b.astype(_dt(a)) if _dt(b) != _dt(a) else b)
+
+
+BINARY = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "div": _div,
+    "pow": _pow,
+    "minimum": tirx.min,
+    "maximum": tirx.max,
+    "mod": lambda a, b: tirx.truncmod(a, b) if "int" in str(_dt(a)) else tirx.fmod(a, b),
+    "equal": lambda a, b: a == b,
+    "less": lambda a, b: a < b,
+    "less_equal": lambda a, b: a <= b,
+    "greater": lambda a, b: a > b,
+    "greater_equal": lambda a, b: a >= b,
+    "logical_and": tirx.And,
+    "logical_or": tirx.Or,
+    "logical_xor": lambda a, b: tirx.Or(tirx.And(a, tirx.Not(b)), tirx.And(tirx.Not(a), b)),
+}
+
+
+def _make_binary(op):
+    fn = BINARY[op]
+
+    def lower(inputs, attrs, out_type):
+        return _elementwise(fn, out_type, inputs[0], inputs[1], name=f"T_{op}")
+
+    return lower
+
+
+for _op in BINARY:
+    LOWER[_op] = _make_binary(_op)
+
+
+@lowering("where")
+def _where(inputs, attrs, out_type):
+    return _elementwise(lambda c, x, y: tirx.Select(c.astype("bool"), x, y), out_type, *inputs, name="T_where")
+
+
+@lowering("batch_norm")
+def _batch_norm(inputs, attrs, out_type):
+    x, scale, bias, mean, var = inputs
+    eps = attrs["epsilon"]
+
+    def body(*idx):
+        c = idx[1]
+        inv = scale[c] / tirx.sqrt(var[c] + _const(eps, _dt(x)))
+        return (x(*idx) - mean[c]) * inv + bias[c]
+
+    return te.compute(out_type.shape, body, name="T_batch_norm")
+
+
+# --------------------------------------------------------------------------- anchors
+@lowering("matmul")
+def _matmul(inputs, attrs, out_type):
+    a, b = inputs
+    shape = out_type.shape
+    k_extent = a.shape[-1]
+    k = te.reduce_axis((0, k_extent), name="k")
+    trans_b = attrs.get("transpose_b", False)
+    batch = shape[:-2]
+
+    def body(*idx):
+        bi, i, j = idx[:-2], idx[-2], idx[-1]
+        a_idx = _bcast_index(a.shape[:-2], batch, bi) + [i, k]
+        b_idx = _bcast_index(b.shape[:-2], batch, bi) + ([j, k] if trans_b else [k, j])
+        return te.sum(a(*a_idx) * b(*b_idx), axis=k)
+
+    return te.compute(shape, body, name="T_matmul")
+
+
+def pad_nchw(x: te.Tensor, pads, value=0.0, name="pad_temp") -> te.Tensor:
+    pt, pl, pb, pr = pads
+    if not any(pads):
+        return x
+    n, c, h, w = x.shape
+    return te.compute(
+        (n, c, h + pt + pb, w + pl + pr),
+        lambda i, j, y, z: tirx.if_then_else(
+            tirx.all(y >= pt, y < h + pt, z >= pl, z < w + pl), x[i, j, y - pt, z - pl], _const(value, _dt(x))
+        ),
+        name=name,
+    )
+
+
+@lowering("conv2d")
+def _conv2d(inputs, attrs, out_type):
+    x, w = inputs[0], inputs[1]
+    (sh, sw), (dh, dw), groups = attrs["strides"], attrs["dilations"], attrs.get("groups", 1)
+    o_total, c_per_group, kh, kw = (int(d) for d in w.shape)
+    o_per_group = o_total // groups
+    padded = pad_nchw(x, attrs["pads"])
+    rc = te.reduce_axis((0, c_per_group), name="rc")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+
+    def body(n, o, y, z):
+        cin = rc if groups == 1 else (o // o_per_group) * c_per_group + rc
+        return te.sum(padded[n, cin, y * sh + ry * dh, z * sw + rx * dw] * w[o, rc, ry, rx], axis=[rc, ry, rx])
+
+    out = te.compute(out_type.shape, body, name="conv2d_nchw")
+    if len(inputs) > 2:
+        bias = inputs[2]
+        out = te.compute(out_type.shape, lambda n, o, y, z: out[n, o, y, z] + bias[o], name="T_add_bias")
+    return out
+
+
+# --------------------------------------------------------------------------- reductions
+@lowering("pool2d")
+def _pool2d(inputs, attrs, out_type):
+    x = inputs[0]
+    kind = attrs["kind"]
+    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["strides"], attrs["dilations"]
+    pt, pl, pb, pr = attrs["pads"]
+    fill = tvm.tirx.min_value(_dt(x)).value if kind == "max" else 0.0
+    padded = pad_nchw(x, attrs["pads"], fill)
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    h, w = int(x.shape[2]), int(x.shape[3])
+
+    def window(n, c, y, z):
+        return padded[n, c, y * sh + ry * dh, z * sw + rx * dw]
+
+    if kind == "max":
+        return te.compute(out_type.shape, lambda n, c, y, z: te.max(window(n, c, y, z), axis=[ry, rx]), name="pool_max")
+    total = te.compute(out_type.shape, lambda n, c, y, z: te.sum(window(n, c, y, z), axis=[ry, rx]), name="pool_sum")
+    if attrs.get("count_include_pad"):
+        # the window is clipped to the (explicitly) padded input, as ONNX Runtime does
+        def count(y, z):
+            ch = tirx.min(y * sh + (kh - 1) * dh + 1, h + pt + pb) - y * sh
+            cw = tirx.min(z * sw + (kw - 1) * dw + 1, w + pl + pr) - z * sw
+            return ((ch + dh - 1) // dh * ((cw + dw - 1) // dw)).astype(_dt(x))
+    else:
+        def count(y, z):
+            def inside(pos, k, d, lo, size):  # number of window taps landing in [lo, lo + size)
+                first = tirx.max(0, (lo - pos + d - 1) // d)
+                last = tirx.min(k - 1, (lo + size - 1 - pos) // d)
+                return tirx.max(last - first + 1, 1)
+            return (inside(y * sh, kh, dh, pt, h) * inside(z * sw, kw, dw, pl, w)).astype(_dt(x))
+    return te.compute(out_type.shape, lambda n, c, y, z: total[n, c, y, z] / count(y, z), name="pool_avg")
+
+
+@lowering("reduce")
+def _reduce(inputs, attrs, out_type):
+    x = inputs[0]
+    axes, keep, kind = list(attrs["axes"]), attrs.get("keepdims", True), attrs["kind"]
+    raxes = [te.reduce_axis((0, x.shape[a]), name=f"r{a}") for a in axes]
+    reducer = {"sum": te.sum, "mean": te.sum, "max": te.max, "min": te.min}.get(kind)
+
+    def src_index(idx):
+        out, it, r = [], iter(idx), iter(raxes)
+        for a in range(len(x.shape)):
+            if a in axes:
+                out.append(next(r))
+                if keep:
+                    next(it)
+            else:
+                out.append(next(it))
+        return out
+
+    if kind == "prod":
+        prod = te.comm_reducer(lambda a, b: a * b, lambda t: tirx.const(1, t), name="prod")
+        return te.compute(out_type.shape, lambda *i: prod(x(*src_index(i)), axis=raxes), name="T_prod")
+    red = te.compute(out_type.shape, lambda *i: reducer(x(*src_index(i)), axis=raxes), name=f"T_{kind}")
+    if kind == "mean":
+        n = 1
+        for a in axes:
+            n *= int(x.shape[a])
+        return te.compute(out_type.shape, lambda *i: red(*i) / _const(n, _dt(x)), name="T_mean")
+    return red
+
+
+@lowering("softmax")
+def _softmax(inputs, attrs, out_type):
+    x = inputs[0]
+    axis = attrs["axis"]
+    k = te.reduce_axis((0, x.shape[axis]), name="k")
+
+    def at(idx, j):
+        idx = list(idx)
+        idx[axis] = j
+        return idx
+
+    red_shape = tuple(1 if a == axis else d for a, d in enumerate(out_type.shape))
+    mx = te.compute(red_shape, lambda *i: te.max(x(*at(i, k)), axis=k), name="T_softmax_maxelem")
+    ex = te.compute(out_type.shape, lambda *i: tirx.exp(x(*i) - mx(*at(i, 0))), name="T_softmax_exp")
+    k2 = te.reduce_axis((0, x.shape[axis]), name="k2")
+    sm = te.compute(red_shape, lambda *i: te.sum(ex(*at(i, k2)), axis=k2), name="T_softmax_expsum")
+    if attrs.get("log"):
+        return te.compute(out_type.shape, lambda *i: x(*i) - mx(*at(i, 0)) - tirx.log(sm(*at(i, 0))), name="T_log_softmax")
+    return te.compute(out_type.shape, lambda *i: ex(*i) / sm(*at(i, 0)), name="T_softmax_norm")
+
+
+@lowering("layer_norm")
+def _layer_norm(inputs, attrs, out_type):
+    x, gamma = inputs[0], inputs[1]
+    beta = inputs[2] if len(inputs) > 2 else None
+    axis, eps = attrs["axis"], attrs["epsilon"]
+    shape = out_type.shape
+    norm_axes = list(range(axis, len(shape)))
+    n = 1
+    for a in norm_axes:
+        n *= shape[a]
+    red_shape = tuple(1 if a in norm_axes else d for a, d in enumerate(shape))
+    r1 = [te.reduce_axis((0, shape[a]), name=f"r{a}") for a in norm_axes]
+    r2 = [te.reduce_axis((0, shape[a]), name=f"s{a}") for a in norm_axes]
+
+    def full(i, rs):
+        return list(i[:axis]) + list(rs)
+
+    inv_n = _const(1.0 / n, _dt(x))
+    total = te.compute(red_shape, lambda *i: te.sum(x(*full(i, r1)), axis=r1), name="T_ln_sum")
+    sq = te.compute(
+        red_shape,
+        lambda *i: te.sum((x(*full(i, r2)) - total(*i) * inv_n) * (x(*full(i, r2)) - total(*i) * inv_n), axis=r2),
+        name="T_ln_sqsum",
+    )
+
+    def body(*i):
+        red = list(i[:axis]) + [0] * len(norm_axes)
+        y = (x(*i) - total(*red) * inv_n) / tirx.sqrt(sq(*red) * inv_n + _const(eps, _dt(x)))
+        g_idx = _bcast_index(gamma.shape, shape, i)
+        y = y * gamma(*g_idx)
+        if beta is not None:
+            y = y + beta(*_bcast_index(beta.shape, shape, i))
+        return y
+
+    return te.compute(shape, body, name="T_layer_norm")
+
+
+# --------------------------------------------------------------------------- data movement
+@lowering("reshape")
+def _reshape(inputs, attrs, out_type):
+    return topi.reshape(inputs[0], out_type.shape)
+
+
+@lowering("transpose")
+def _transpose(inputs, attrs, out_type):
+    return topi.transpose(inputs[0], list(attrs["perm"]))
+
+
+@lowering("concat")
+def _concat(inputs, attrs, out_type):
+    return topi.concatenate(inputs, attrs["axis"])
+
+
+@lowering("slice")
+def _slice(inputs, attrs, out_type):
+    x = inputs[0]
+    start = {a: s for s, a in zip(attrs["starts"], attrs["axes"])}
+    step = {a: st for st, a in zip(attrs["steps"], attrs["axes"])}
+
+    def body(*idx):
+        return x(*[start.get(a, 0) + i * step.get(a, 1) for a, i in enumerate(idx)])
+
+    return te.compute(out_type.shape, body, name="T_slice")
+
+
+@lowering("gather")
+def _gather(inputs, attrs, out_type):
+    x, idx = inputs
+    axis = attrs["axis"]
+    n_idx = len(idx.shape)
+    dim = x.shape[axis]
+
+    def body(*i):
+        j = idx(*i[axis : axis + n_idx]) if n_idx else idx()
+        j = j.astype("int64")
+        j = tirx.Select(j < 0, j + tirx.const(int(dim), "int64"), j)
+        j = tirx.max(tirx.min(j, tirx.const(int(dim) - 1, "int64")), tirx.const(0, "int64"))
+        return x(*(list(i[:axis]) + [j] + list(i[axis + n_idx :])))
+
+    return te.compute(out_type.shape, body, name="T_gather")
+
+
+@lowering("expand")
+def _expand(inputs, attrs, out_type):
+    return _elementwise(lambda v: v, out_type, inputs[0], name="T_expand")
+
+
+@lowering("pad")
+def _pad(inputs, attrs, out_type):
+    x = inputs[0]
+    pads, mode, value = attrs["pads"], attrs.get("mode", "constant"), attrs.get("value", 0.0)
+    nd = len(x.shape)
+    before = pads[:nd]
+    sizes = [int(d) for d in x.shape]
+
+    def body(*idx):
+        src = [i - b for i, b in zip(idx, before)]
+        if mode == "constant":
+            conds = [tirx.all(s >= 0, s < n) for s, n in zip(src, sizes) if True]
+            safe = [tirx.max(tirx.min(s, n - 1), 0) for s, n in zip(src, sizes)]
+            return tirx.if_then_else(tirx.all(*conds) if conds else True, x(*safe), _const(value, _dt(x)))
+        if mode == "edge":
+            return x(*[tirx.max(tirx.min(s, n - 1), 0) for s, n in zip(src, sizes)])
+        # reflect: mirror around the edges (without repeating the edge element)
+        out = []
+        for s, n in zip(src, sizes):
+            s = tirx.abs(s)
+            s = tirx.Select(s >= n, 2 * (n - 1) - s, s)
+            out.append(s)
+        return x(*out)
+
+    return te.compute(out_type.shape, body, name="T_pad")
+
+
+@lowering("resize")
+def _resize(inputs, attrs, out_type):
+    x = inputs[0]
+    in_shape = [int(d) for d in x.shape]
+    out_shape = out_type.shape
+    mode, coord = attrs["mode"], attrs["coord_mode"]
+
+    def src_coord(i, n_in, n_out):
+        fi = i.astype("float32")
+        scale = n_out / n_in
+        if coord == "align_corners":
+            return fi * ((n_in - 1) / (n_out - 1)) if n_out > 1 else fi * 0.0
+        if coord == "asymmetric":
+            return fi / scale
+        if coord == "pytorch_half_pixel" and n_out == 1:
+            return fi * 0.0
+        return (fi + 0.5) / scale - 0.5
+
+    def nearest(s):
+        m = attrs.get("nearest_mode", "round_prefer_floor")
+        if m == "floor":
+            return tirx.floor(s)
+        if m == "ceil":
+            return tirx.ceil(s)
+        if m == "round_prefer_ceil":
+            return tirx.floor(s + 0.5)
+        return tirx.ceil(s - 0.5)
+
+    def body(*idx):
+        if mode == "nearest":
+            src = []
+            for a, i in enumerate(idx):
+                if in_shape[a] == out_shape[a]:
+                    src.append(i)
+                    continue
+                j = nearest(src_coord(i, in_shape[a], out_shape[a])).astype("int64")
+                src.append(tirx.max(tirx.min(j, in_shape[a] - 1), 0))
+            return x(*src)
+        # linear: separable interpolation over every resized axis
+        terms = [([], 1.0)]
+        for a, i in enumerate(idx):
+            if in_shape[a] == out_shape[a]:
+                terms = [(p + [i], w) for p, w in terms]
+                continue
+            s = tirx.max(tirx.min(src_coord(i, in_shape[a], out_shape[a]), float(in_shape[a] - 1)), 0.0)
+            lo = tirx.floor(s).astype("int64")
+            hi = tirx.min(lo + 1, in_shape[a] - 1)
+            frac = s - lo.astype("float32")
+            terms = [(p + [lo], w * (1.0 - frac)) for p, w in terms] + [(p + [hi], w * frac) for p, w in terms]
+        total = None
+        for p, w in terms:
+            v = x(*p).astype("float32") * w
+            total = v if total is None else total + v
+        return total.astype(_dt(x))
+
+    return te.compute(out_shape, body, name="T_resize")
+
+
+# --------------------------------------------------------------------------- attention (unfused form)
+@lowering("attention")
+def _attention(inputs, attrs, out_type):
+    """Reference lowering: scores -> softmax -> matmul in one PrimFunc (materializes S x S).
+    The tiled online-softmax kernel lives in `lower_attention.py`."""
+    q, k, v = inputs[:3]
+    mask = inputs[3] if len(inputs) > 3 else None
+    shape = out_type.shape
+    batch = shape[:-2]
+    sq, sk, d = int(q.shape[-2]), int(k.shape[-2]), int(q.shape[-1])
+    scale = attrs["scale"]
+    rd = te.reduce_axis((0, d), name="rd")
+    s_shape = batch + (sq, sk)
+
+    def scores(*idx):
+        b, i, j = idx[:-2], idx[-2], idx[-1]
+        s = te.sum(q(*(_bcast_index(q.shape[:-2], batch, b) + [i, rd])) * k(*(_bcast_index(k.shape[:-2], batch, b) + [j, rd])), axis=rd)
+        return s
+
+    s = te.compute(s_shape, scores, name="T_scores")
+
+    def masked(*idx):
+        val = s(*idx) * _const(scale, q.dtype)
+        if mask is not None:
+            val = val + mask(*_bcast_index(mask.shape, s_shape, idx))
+        if attrs.get("causal"):
+            val = tirx.Select(idx[-1] <= idx[-2] + (sk - sq), val, _const(-3.4e38, q.dtype))
+        return val
+
+    logits = te.compute(s_shape, masked, name="T_logits")
+    probs = _softmax([logits], {"axis": len(s_shape) - 1}, TensorType(tuple(s_shape), out_type.dtype))
+    rk = te.reduce_axis((0, sk), name="rk")
+
+    def out(*idx):
+        b, i, j = idx[:-2], idx[-2], idx[-1]
+        return te.sum(probs(*(list(b) + [i, rk])) * v(*(_bcast_index(v.shape[:-2], batch, b) + [rk, j])), axis=rk)
+
+    return te.compute(shape, out, name="T_attention")

@@ -1,0 +1,119 @@
+"""Graph -> Graph passes.  Each is a pure function; `pipeline.py` lists them in order."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .ir import Graph, Node, TensorType
+from .ops import evaluate
+
+FOLD_LIMIT = 1 << 26  # elements: bigger constant results stay as run-time nodes
+
+
+def _rebuild(graph: Graph, nodes: list[Node], constants: dict[str, np.ndarray], rename: dict[str, str] | None = None) -> Graph:
+    rename = rename or {}
+
+    def r(v: str) -> str:
+        while v in rename:
+            v = rename[v]
+        return v
+
+    nodes = [dataclasses.replace(n, inputs=tuple(r(i) for i in n.inputs)) for n in nodes]
+    outputs = tuple(r(o) for o in graph.outputs)
+    used = {i for n in nodes for i in n.inputs} | set(outputs)
+    return dataclasses.replace(
+        graph, nodes=tuple(nodes), outputs=outputs, constants={k: v for k, v in constants.items() if k in used}
+    )
+
+
+def fold_constants(graph: Graph) -> Graph:
+    """Evaluate nodes whose inputs are all constants (shape subgraphs, weight transposes)."""
+    constants = dict(graph.constants)
+    nodes = []
+    for node in graph.nodes:
+        if node.op != "fused" and node.inputs and all(i in constants for i in node.inputs) and node.type.size <= FOLD_LIMIT:
+            constants[node.name] = np.asarray(evaluate(node.op, [constants[i] for i in node.inputs], node.attr_dict))
+        else:
+            nodes.append(node)
+    return _rebuild(graph, nodes, constants)
+
+
+def fold_batch_norm(graph: Graph) -> Graph:
+    """conv2d -> batch_norm (constant statistics) becomes one conv2d with scaled weights and a bias;
+    any other batch_norm with constant statistics becomes mul + add (elementwise, fusable)."""
+    constants = dict(graph.constants)
+    users = graph.consumers()
+    producers = graph.node_map()
+    nodes: list[Node] = []
+    for node in graph.nodes:
+        if node.op != "batch_norm" or not all(i in constants for i in node.inputs[1:]):
+            nodes.append(node)
+            continue
+        scale, bias, mean, var = (constants[i].astype(np.float64) for i in node.inputs[1:])
+        inv = scale / np.sqrt(var + node.attr("epsilon"))
+        shift = bias - mean * inv
+        dtype = node.type.dtype
+        conv = producers.get(node.inputs[0])
+        if (
+            conv is not None
+            and conv.op == "conv2d"
+            and len(users.get(conv.name, [])) == 1
+            and conv.name not in graph.outputs
+            and all(i in constants for i in conv.inputs[1:])
+        ):
+            w = constants[conv.inputs[1]].astype(np.float64) * inv.reshape(-1, 1, 1, 1)
+            b = shift + (constants[conv.inputs[2]].astype(np.float64) * inv if len(conv.inputs) > 2 else 0)
+            w_name, b_name = node.name + ".folded_weight", node.name + ".folded_bias"
+            constants[w_name], constants[b_name] = w.astype(dtype), b.astype(dtype)
+            fused = dataclasses.replace(conv, name=node.name, inputs=(conv.inputs[0], w_name, b_name))
+            nodes = [n for n in nodes if n.name != conv.name] + [fused]
+            continue
+        shape = (-1,) + (1,) * (node.type.ndim - 2)
+        s_name, t_name, m_name = node.name + ".scale", node.name + ".shift", node.name + ".scaled"
+        constants[s_name], constants[t_name] = inv.reshape(shape).astype(dtype), shift.reshape(shape).astype(dtype)
+        x_t = node.type
+        nodes.append(Node.make(m_name, "mul", [node.inputs[0], s_name], x_t))
+        nodes.append(Node.make(node.name, "add", [m_name, t_name], x_t))
+    return _rebuild(graph, nodes, constants)
+
+
+def simplify(graph: Graph) -> Graph:
+    """Drop no-op nodes: reshape to the same shape, cast to the same dtype, transpose by the identity,
+    and collapse reshape(reshape(x))."""
+    rename: dict[str, str] = {}
+    producers: dict[str, Node] = {}
+    nodes: list[Node] = []
+    outputs = set(graph.outputs)
+
+    def src_type(v: str) -> TensorType:
+        return producers[v].type if v in producers else graph.type_of(v)
+
+    for node in graph.nodes:
+        node = dataclasses.replace(node, inputs=tuple(rename.get(i, i) for i in node.inputs))
+        src = node.inputs[0] if node.inputs else None
+        noop = (
+            (node.op == "reshape" and src_type(src).shape == node.type.shape)
+            or (node.op == "cast" and src_type(src).dtype == node.type.dtype)
+            or (node.op == "transpose" and tuple(node.attr("perm")) == tuple(range(node.type.ndim)))
+        )
+        if noop and node.name not in outputs:
+            rename[node.name] = src
+            continue
+        if node.op == "reshape" and src in producers and producers[src].op == "reshape":
+            node = dataclasses.replace(node, inputs=producers[src].inputs)
+        producers[node.name] = node
+        nodes.append(node)
+    return _rebuild(graph, nodes, dict(graph.constants), rename)
+
+
+def eliminate_dead_code(graph: Graph) -> Graph:
+    live = set(graph.outputs)
+    kept: list[Node] = []
+    for node in reversed(graph.nodes):
+        if node.name in live:
+            kept.append(node)
+            live.update(node.inputs)
+    return _rebuild(graph, kept[::-1], dict(graph.constants))
+

@@ -1,0 +1,34 @@
+"""The compiler's pass pipeline, in order, on one screen."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .fusion import fuse_epilogues
+from .ir import Graph, verify
+from .passes import eliminate_dead_code, fold_batch_norm, fold_constants, simplify
+
+Pass = Callable[[Graph], Graph]
+
+PIPELINE: tuple[tuple[str, Pass], ...] = (
+    ("fold_constants", fold_constants),
+    ("fold_batch_norm", fold_batch_norm),
+    ("fold_constants_after_bn", fold_constants),
+    ("simplify", simplify),
+    ("eliminate_dead_code", eliminate_dead_code),
+    ("fuse_epilogues", fuse_epilogues),
+)
+
+FUSION_PASSES = {"fuse_epilogues": "epilogue"}
+
+
+def optimize(graph: Graph, *, no_fuse: frozenset[str] = frozenset(), verify_each: bool = False) -> Graph:
+    """Run the pipeline.  `no_fuse` names fusions to switch off ("epilogue", "attention", "bottleneck")
+    for ablation; the unfused ops then become one kernel each."""
+    for name, fn in PIPELINE:
+        if FUSION_PASSES.get(name) in no_fuse:
+            continue
+        graph = fn(graph)
+        if verify_each:
+            verify(graph)
+    return graph
