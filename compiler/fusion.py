@@ -70,32 +70,47 @@ def fuse_epilogues(graph: Graph) -> Graph:
             groups.append(joined)
         joined.nodes.append(node)
         group_of[node.name] = joined
-    groups = _merge_elementwise_dags(groups, group_of, users, outputs)
     # a group is emitted where its output node stood: every value it reads is defined before that
     position = {n.name: k for k, n in enumerate(graph.nodes)}
+    groups = _merge_elementwise_dags(groups, group_of, users, outputs, position)
     groups.sort(key=lambda g: position[g.output.name])
     return dataclasses.replace(graph, nodes=tuple(_to_fused(g, graph) for g in groups))
 
 
-def _merge_elementwise_dags(groups, group_of, users, outputs) -> list[_Group]:
-    """An anchor whose output feeds several nodes of ONE elementwise group (GELU reads x twice:
-    x * 0.5 * (1 + erf(x / sqrt 2))) absorbs that whole group as its epilogue."""
-    merged: set[int] = set()
+def _merge_elementwise_dags(groups, group_of, users, outputs, position) -> list[_Group]:
+    """Let an anchor absorb an elementwise DAG (GELU reads x twice: x * 0.5 * (1 + erf(x / sqrt 2))).
+    First an anchor-less group whose output only one other anchor-less group reads melts into it;
+    then an anchor whose readers all sit in ONE same-shaped elementwise group takes it as epilogue.
+    Neither step can create a cycle: the absorbed output has no reader outside the merged group."""
+    gone: set[int] = set()
+
+    def absorb(into: _Group, other: _Group) -> None:
+        into.nodes = sorted(into.nodes + other.nodes, key=lambda n: position[n.name])
+        for n in other.nodes:
+            group_of[n.name] = into
+        gone.add(id(other))
+
+    def reader_groups(group: _Group) -> list[_Group]:
+        found = {id(group_of[u.name]): group_of[u.name] for u in users.get(group.output.name, [])}
+        return list(found.values())
+
+    for group in groups:  # in topological order, so chains melt front to back
+        if group.anchor or id(group) in gone or group.output.name in outputs:
+            continue
+        readers = reader_groups(group)
+        if len(readers) == 1 and not readers[0].anchor and readers[0] is not group:
+            absorb(readers[0], group)
     for group in groups:
-        if not group.anchor or id(group) in merged:
+        if not group.anchor or id(group) in gone or group.output.name in outputs:
             continue
-        out = group.output
-        readers = {id(group_of[u.name]) for u in users.get(out.name, [])}
-        if out.name in outputs or len(readers) != 1:
+        readers = reader_groups(group)
+        if len(readers) != 1 or readers[0] is group:
             continue
-        epilogue = group_of[users[out.name][0].name]
+        epilogue, out = readers[0], group.output
         if epilogue.anchor or any(op_kind(n.op) != ELEMWISE or n.type.shape != out.type.shape for n in epilogue.nodes):
             continue
-        group.nodes.extend(epilogue.nodes)
-        for n in epilogue.nodes:
-            group_of[n.name] = group
-        merged.add(id(epilogue))
-    return [g for g in groups if id(g) not in merged]
+        absorb(group, epilogue)
+    return [g for g in groups if id(g) not in gone]
 
 
 def _to_fused(group: _Group, graph: Graph) -> Node:

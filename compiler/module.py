@@ -36,7 +36,7 @@ class Module:
         try:
             vm_meta = relax.VirtualMachine(executable, tvm.cpu())
             self.meta: dict = json.loads(bytes(vm_meta[META_FUNC]().numpy()).decode())
-        except (AttributeError, KeyError, ValueError, tvm.TVMError) as e:
+        except (AttributeError, KeyError, ValueError, RuntimeError) as e:
             raise ModuleLoadError(f"{path or 'module'} is not a tilecraft module ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         self.device_type = device or self.meta.get("device", "cpu")
         self.device = tvm.device(self.device_type, 0)
@@ -52,7 +52,7 @@ class Module:
             raise ModuleLoadError(f"module file not found: {path}")
         try:
             lib = tvm.runtime.load_module(os.path.abspath(path))
-        except tvm.TVMError as e:
+        except RuntimeError as e:
             raise ModuleLoadError(f"cannot load {path}: {str(e).strip().splitlines()[-1]}") from None
         return Module(lib, path=path, device=device)
 

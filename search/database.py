@@ -154,7 +154,7 @@ class Database:
 
     def _setup(self, busy_timeout_ms: int) -> None:
         with self._errors("not a readable SQLite database"):
-            self._conn.execute("PRAGMA busy_timeout = 0")
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             self._retry(lambda: self._conn.execute("PRAGMA journal_mode = WAL").fetchone())
             self._conn.execute("PRAGMA synchronous = FULL")
             tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -190,9 +190,8 @@ class Database:
 
     def add_workload(self, task) -> bool:
         """Store a Task's workload once (idempotent); returns True if it was new."""
-        types = [[list(t.shape), t.dtype] for t in task.arg_types]
-        entry = WorkloadEntry(task.workload_key, task.name, task.mod.script(), float(task.flops),
-                              tuple((tuple(s), d) for s, d in types), task.kind)
+        types = tuple((tuple(t.shape), t.dtype) for t in task.arg_types)
+        entry = WorkloadEntry(task.workload_key, task.name, task.mod.script(), float(task.flops), types, task.kind)
         return self._insert_workloads([entry]) == 1
 
     def _insert_workloads(self, entries: list[WorkloadEntry]) -> int:
@@ -383,7 +382,7 @@ class Database:
             try:
                 return step()
             except sqlite3.OperationalError as e:
-                if True:
+                if not _is_locked(e) or time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)
             delay = min(delay * 2, 1.0)

@@ -13,9 +13,6 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import tvm
-from tvm.s_tir import Schedule, Trace
-
 SCHEMA_VERSION = 1
 
 
@@ -51,11 +48,13 @@ class Candidate:
     sketch: str = ""
 
     @staticmethod
-    def from_schedule(sch: Schedule, sketch: str = "") -> "Candidate":
+    def from_schedule(sch, sketch: str = "") -> "Candidate":
         return Candidate(json.dumps(_plain(sch.trace.as_json(remove_postproc=False)), separators=(",", ":")), sketch)
 
-    def apply(self, mod: tvm.IRModule, seed: int = 1) -> Schedule:
-        """Replay onto a fresh schedule of `mod`; raises tvm.s_tir.ScheduleError / TVMError if it does not fit."""
+    def apply(self, mod, seed: int = 1):
+        """Replay onto a fresh tvm.s_tir.Schedule of `mod`; raises ScheduleError / TVMError if it does not fit."""
+        from tvm.s_tir import Schedule, Trace  # lazily: the database must not pay for importing TVM
+
         sch = Schedule(mod, seed=max(1, seed), debug_mask="all")
         Trace.apply_json_to_schedule(json.loads(self.trace_json), sch)
         return sch

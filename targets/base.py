@@ -116,7 +116,7 @@ def resolve_target(spec: "str | Target") -> Target:
         try:
             config = json.loads(spec)
             tgt = tvm.target.Target(config)
-        except (ValueError, tvm.TVMError) as e:
+        except (ValueError, RuntimeError) as e:
             raise TargetError(f"invalid target JSON {spec!r}: {str(e).splitlines()[0]}") from None
         kind = tgt.kind.name
         if kind == "cuda":

@@ -1,0 +1,228 @@
+"""Ansor's CPU sketch rules on TensorIR: inline, write cache, SSRSRS tiling, rfactor.
+
+Each rule is a condition on one block plus an apply step.  Tile sizes are holes
+(`ctx.tile` = `sample_perfect_tile`); the defaults given for the deterministic
+context are the heuristic choices of the default schedule.
+"""
+
+from __future__ import annotations
+
+from tvm.s_tir import Schedule
+
+from .sketch import Outcome, Rule, SketchContext, analyze, register_rule
+
+MAX_INNER_SPATIAL = 64  # largest innermost spatial tile sampled (4 AVX-512 vectors)
+MAX_INNER_REDUCE = 64
+
+
+# --------------------------------------------------------------------------- inline
+def _inline_condition(sch: Schedule, block: str, ctx: SketchContext) -> Outcome:
+    info = analyze(sch, block)
+    if info.is_reduction or "O" in info.iter_kinds or info.is_output:
+        return Outcome.SKIP
+    if not sch.get_consumers(sch.get_sblock(block)):
+        return Outcome.SKIP
+    return Outcome.APPLY_AND_SKIP_REST  # Ansor: strictly inlinable stages are always inlined
+
+
+def _inline_apply(sch: Schedule, block: str, ctx: SketchContext, variant: str) -> None:
+    sch.compute_inline(sch.get_sblock(block))
+
+
+register_rule(Rule("inline", _inline_condition, _inline_apply))
+
+
+# --------------------------------------------------------------------------- tiling
+def _tileable(info) -> bool:
+    return info.reuse and info.trivial and info.root_level and set(info.iter_kinds) <= {"S", "R"}
+
+
+def _fusible_consumer(sch: Schedule, block: str) -> str | None:
+    """The single elementwise consumer that can be computed per output tile (bias, relu...)."""
+    consumers = sch.get_consumers(sch.get_sblock(block))
+    if len(consumers) != 1:
+        return None
+    info = analyze(sch, consumers[0])
+    if info.is_reduction or not info.trivial or not info.root_level:
+        return None
+    mine = analyze(sch, block)
+    if info.spatial_extent != mine.spatial_extent:
+        return None
+    return info.name
+
+
+def _write_cache_condition(sch: Schedule, block: str, ctx: SketchContext) -> Outcome:
+    info = analyze(sch, block)
+    if not _tileable(info) or _fusible_consumer(sch, block) is not None:
+        return Outcome.SKIP
+    return Outcome.APPLY  # with and without the cache
+
+
+def _write_cache_apply(sch: Schedule, block: str, ctx: SketchContext, variant: str) -> None:
+    # the tile is accumulated in a small buffer and copied out once, fused at the tile level
+    sch.cache_write(sch.get_sblock(block), 0, "global")
+
+
+register_rule(Rule("write_cache", _write_cache_condition, _write_cache_apply, terminal=False))
+
+
+def _mlt_condition(sch: Schedule, block: str, ctx: SketchContext) -> Outcome:
+    return Outcome.APPLY_AND_SKIP_REST if _tileable(analyze(sch, block)) else Outcome.SKIP
+
+
+def _mlt_variants(sch: Schedule, block: str, ctx: SketchContext) -> tuple[str, ...]:
+    consumer = _fusible_consumer(sch, block)
+    if consumer is None:
+        return ("plain",)
+    if _is_write_cache(sch, consumer):
+        return ("fused",)  # an unfused write cache is only a copy
+    return ("fused", "plain")
+
+
+def _is_write_cache(sch: Schedule, consumer: str) -> bool:
+    stmt = sch.get(sch.get_sblock(consumer))
+    return len(stmt.reads) == 1 and stmt.reads[0].buffer.name.endswith("_global")
+
+
+def _mlt_apply(sch: Schedule, block: str, ctx: SketchContext, variant: str) -> None:
+    """SSRSRS: spatial loops in 4 levels, reductions in 2; the register tile is innermost."""
+    rv = sch.get_sblock(block)
+    info = analyze(sch, rv)
+    loops = sch.get_loops(rv)
+    defaults = default_tiles(sch, block, ctx)
+    levels_s: list[list] = [[], [], [], []]
+    levels_r: list[list] = [[], []]
+    for loop, kind, extent, default in zip(loops, info.loop_kinds, info.loop_extents, defaults):
+        if kind == "S":
+            factors = ctx.tile(sch, loop, 4, max_innermost=MAX_INNER_SPATIAL, default=default)
+            for level, part in zip(levels_s, sch.split(loop, factors)):
+                level.append(part)
+        else:
+            factors = ctx.tile(sch, loop, 2, max_innermost=MAX_INNER_REDUCE, default=default)
+            for level, part in zip(levels_r, sch.split(loop, factors)):
+                level.append(part)
+    s0, s1, s2, s3 = levels_s
+    r0, r1 = levels_r
+    sch.reorder(*s0, *s1, *r0, *s2, *r1, *s3)
+    if variant == "fused":
+        consumer = _fusible_consumer(sch, block)
+        if consumer is not None:  # computed once per S1 tile, while the tile is in cache
+            sch.reverse_compute_at(sch.get_sblock(consumer), s1[-1])
+
+
+register_rule(Rule("multi_level_tiling_cpu", _mlt_condition, _mlt_apply, variants=_mlt_variants))
+
+
+def default_tiles(sch: Schedule, block: str, ctx: SketchContext) -> list[list[int]]:
+    """Heuristic SSRSRS factors, one list per loop (4 for spatial, 2 for reduction).
+
+    Innermost: the last spatial axis gets a vector-width tile (it is contiguous in the
+    output), the spatial axis that the vectorized read does not use gets a register tile
+    of up to 8 rows (matmul's i, conv's output channel); small reduction axes (kernel
+    windows) go inside, so the register tile accumulates over them.
+    """
+    info = analyze(sch, block)
+    spatial = [i for i, k in enumerate(info.loop_kinds) if k == "S"]
+    vec_axis = next((i for i in reversed(spatial) if info.loop_extents[i] > 1), None)
+    reg_axis = _register_axis(sch, block, info, vec_axis)
+    out = []
+    for i, (kind, extent) in enumerate(zip(info.loop_kinds, info.loop_extents)):
+        if kind != "S":
+            inner = extent if extent <= 7 else _largest_divisor(extent, 4)
+            out.append([extent // inner, inner])
+            continue
+        inner = 1
+        if i == vec_axis:
+            inner = _vector_tile(extent, ctx.lanes)
+        elif i == reg_axis:
+            inner = _largest_divisor(extent, 8)
+        rest = extent // inner
+        mid = _largest_divisor(rest, 4) if i == vec_axis else 1
+        out.append([rest // mid, mid, 1, inner])
+    # keep enough outer (parallel) iterations for the cores: move S1 back into S0
+    outer = _prod(f[0] * f[1] for f, k in zip(out, info.loop_kinds) if k == "S")
+    if outer < 4 * ctx.cores:
+        out = [[f[0] * f[1], 1, f[2], f[3]] if k == "S" else f for f, k in zip(out, info.loop_kinds)]
+    return out
+
+
+def _register_axis(sch: Schedule, block: str, info, vec_axis: int | None) -> int | None:
+    """The spatial axis along which the vectorized operand is reused (not in its indices)."""
+    if vec_axis is None:
+        return None
+    stmt = sch.get(sch.get_sblock(block))
+    ivars = [iv.var for iv in stmt.iter_vars]
+    vec_var = ivars[vec_axis]
+    from .sketch import _vars_in
+
+    for region in stmt.reads:
+        used = set()
+        for rng in region.region:
+            used |= _vars_in(rng.min)
+        if not any(vec_var.same_as(u) for u in used):
+            continue
+        for i in range(len(ivars)):
+            if i != vec_axis and info.iter_kinds[i] == "S" and info.extents[i] > 1 and not any(
+                ivars[i].same_as(u) for u in used
+            ):
+                return i
+    return None
+
+
+def _vector_tile(extent: int, lanes: int) -> int:
+    """A multiple of the vector width up to two vectors if one divides, else the largest divisor <= lanes."""
+    for f in (2 * lanes, lanes):
+        if extent % f == 0:
+            return f
+    return _largest_divisor(extent, lanes)
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    for f in range(min(n, limit), 0, -1):
+        if n % f == 0:
+            return f
+    return 1
+
+
+def _prod(xs) -> int:
+    out = 1
+    for x in xs:
+        out *= int(x)
+    return out
+
+
+# --------------------------------------------------------------------------- rfactor
+RFACTOR_MIN_REDUCE = 64  # shorter reductions are not worth a second stage
+
+
+def _rfactor_condition(sch: Schedule, block: str, ctx: SketchContext) -> Outcome:
+    info = analyze(sch, block)
+    if not info.is_reduction or info.reuse or not info.trivial or not info.root_level:
+        return Outcome.SKIP
+    if info.loop_kinds.count("R") != 1 or info.loop_kinds[-1] != "R":
+        return Outcome.SKIP
+    if info.reduce_extent < RFACTOR_MIN_REDUCE or info.spatial_extent >= 16 * ctx.cores:
+        return Outcome.SKIP
+    return Outcome.APPLY  # with and without rfactor
+
+
+def _rfactor_variants(sch: Schedule, block: str, ctx: SketchContext) -> tuple[str, ...]:
+    return ("inner", "outer")
+
+
+def _rfactor_apply(sch: Schedule, block: str, ctx: SketchContext, variant: str) -> None:
+    """inner: partial sums across a vector of lanes (vectorizable); outer: across chunks (parallel)."""
+    rv = sch.get_sblock(block)
+    loop = sch.get_loops(rv)[-1]
+    extent = analyze(sch, rv).loop_extents[-1]
+    if variant == "inner":
+        inner = _largest_divisor(extent, ctx.lanes)
+        default = [extent // inner, inner]
+    else:
+        chunks = _largest_divisor(extent, 8 * ctx.cores)
+        default = [chunks, extent // chunks]
+    outer_loop, inner_loop = sch.split(loop, ctx.tile(sch, loop, 2, max_innermost=MAX_INNER_REDUCE, default=default))
+    sch.rfactor(inner_loop if variant == "inner" else outer_loop, factor_axis=0)
+
+
+register_rule(Rule("rfactor", _rfactor_condition, _rfactor_apply, variants=_rfactor_variants, terminal=True))

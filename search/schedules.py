@@ -1,0 +1,64 @@
+"""Which schedule each task is built with: its best database record, else the target's default."""
+
+from __future__ import annotations
+
+import os
+
+import tvm
+from tvm.s_tir import ScheduleError
+
+from ..compiler.task import Task
+from ..targets.base import Target
+from .measure_types import Candidate
+
+
+def default_schedule_func(task: Task, target: Target) -> tvm.tirx.PrimFunc:
+    try:
+        from .default_schedule import default_schedule
+    except ImportError:  # TEMPORARY while search/default_schedule.py is being written
+        return task.func
+
+    return default_schedule(task, target).mod["main"]
+
+
+class ScheduleSource:
+    """`schedule(task)` for the compiler.  Opens the database read-only-ish (it only reads)."""
+
+    def __init__(self, target: Target, *, database: "str | os.PathLike | object | None" = None):
+        self.target = target
+        self.sources: dict[str, str] = {}
+        self._db = None
+        self._owns_db = False
+        if database is not None:
+            if isinstance(database, (str, os.PathLike)):
+                from .database import Database
+
+                self._db = Database(os.fspath(database))
+                self._owns_db = True
+            else:
+                self._db = database
+
+    @property
+    def tuned_count(self) -> int:
+        return sum(1 for s in self.sources.values() if s == "record")
+
+    def schedule(self, task: Task) -> tvm.tirx.PrimFunc:
+        if self._db is not None:
+            for record in self._db.best(task.workload_key, self.target.key, k=3):
+                func = self._replay(record.candidate, task)
+                if func is not None:
+                    self.sources[task.name] = "record"
+                    return func
+        self.sources[task.name] = "default"
+        return default_schedule_func(task, self.target)
+
+    @staticmethod
+    def _replay(candidate: Candidate, task: Task) -> tvm.tirx.PrimFunc | None:
+        try:
+            return candidate.apply(task.mod).mod["main"]
+        except (ScheduleError, RuntimeError):  # a record from an older rule set that no longer replays
+            return None
+
+    def close(self) -> None:
+        if self._owns_db and self._db is not None:
+            self._db.close()

@@ -1,0 +1,340 @@
+"""Sketches: Ansor's search space as small named rules over TensorIR blocks.
+
+A *rule* looks at one block (a condition) and rewrites it (an apply step), maybe in
+several *variants*.  Sketch generation walks the blocks of a task in reverse
+topological order and applies the target's rules, forking one state per variant,
+like Ansor's derivation tree.  A *sketch* is the resulting list of
+`Step(block, rule, variant)`: structure with holes.  Instantiating a sketch replays its
+steps on a fresh schedule; every hole (tile sizes, parallel granularity, unroll
+depth, compute location) is a TVM sampling instruction, so the trace records each
+decision and a Candidate replays deterministically.  With a deterministic context the
+same code fills the holes with fixed heuristic decisions (the default schedule).
+
+The framework is target-agnostic: rules live in a registry by name, `target.rules`
+picks them; CPU rules are in `rules_cpu.py` and `sampling.py`, GPU rules plug in from
+`rules_gpu.py` the same way.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import tvm
+import tvm_ffi
+from tvm.s_tir import Schedule, ScheduleError
+from tvm.s_tir.schedule import LoopRV, SBlockRV
+from tvm.s_tir.schedule.analysis import is_output_block
+
+from ..targets.base import Target
+
+# Errors a schedule primitive raises for an illegal transform (TVM 0.27 has no tvm.TVMError:
+# failed internal checks surface as tvm.error.InternalError); anything else is a bug.
+SCHEDULE_ERRORS = (ScheduleError, tvm.error.InternalError)
+
+_get_realize = tvm_ffi.get_global_func("s_tir.schedule.GetSBlockRealize")
+
+
+# --------------------------------------------------------------------------- context
+@dataclass(frozen=True)
+class SketchContext:
+    """What rules may read: the target's shape, and whether holes are sampled or fixed."""
+
+    target: Target
+    deterministic: bool = False  # True: fixed heuristic decisions (default schedule)
+
+    @property
+    def cores(self) -> int:
+        return max(1, self.target.num_cores)
+
+    @property
+    def lanes(self) -> int:
+        """fp32 lanes of one vector register: 16 for AVX-512, 8 for AVX2, 4 for NEON."""
+        return vector_lanes(self.target)
+
+    def tile(self, sch: Schedule, loop: LoopRV, n: int, *, max_innermost: int, default: Sequence[int]):
+        """Split factors for `loop`: sampled perfect tile, or the given default decision."""
+        decision = [int(x) for x in default] if self.deterministic else None
+        return sch.sample_perfect_tile(loop, n=n, max_innermost_factor=max_innermost, decision=decision)
+
+    def choose(self, sch: Schedule, candidates: Sequence[int], *, default_index: int, probs=None):
+        """A categorical decision (an ExprRV usable in annotate; sch.get() gives its value)."""
+        probs = list(probs) if probs is not None else [1.0 / len(candidates)] * len(candidates)
+        decision = default_index if self.deterministic else None
+        return sch.sample_categorical([int(c) for c in candidates], probs, decision=decision)
+
+
+def vector_lanes(target: Target) -> int:
+    tgt = target.tvm_target
+    if tgt.kind.name != "llvm":
+        return 4
+    try:
+        bits = int(tvm.target.codegen.llvm_get_vector_width(tgt))
+    except SCHEDULE_ERRORS:  # unknown cpu for this LLVM: assume 128-bit vectors
+        bits = 128
+    return max(4, bits // 32)
+
+
+# --------------------------------------------------------------------------- rules
+class Outcome(enum.Enum):
+    SKIP = "skip"  # the rule does not apply to this block
+    APPLY = "apply"  # fork: states with the rule applied, and the state without it
+    APPLY_AND_SKIP_REST = "apply_and_skip_rest"  # only the applied states go on
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One sketch rule.  `apply` raises a SCHEDULE_ERROR when the variant is illegal here."""
+
+    name: str
+    condition: Callable[[Schedule, str, SketchContext], Outcome]
+    apply: Callable[[Schedule, str, SketchContext, str], None]
+    variants: Callable[[Schedule, str, SketchContext], tuple[str, ...]] = lambda sch, block, ctx: ("",)
+    terminal: bool = True  # the block is finished after this rule (else later rules still see it)
+
+
+@dataclass(frozen=True)
+class AnnotationRule:
+    """A whole-function pass run after the sketch steps: fills annotation holes."""
+
+    name: str
+    apply: Callable[[Schedule, SketchContext], None]
+
+
+SKETCH_RULES: dict[str, Rule] = {}
+ANNOTATION_RULES: dict[str, AnnotationRule] = {}
+_RULE_MODULES = ("rules_cpu", "sampling", "rules_gpu")
+
+
+def register_rule(rule: "Rule | AnnotationRule") -> None:
+    table = SKETCH_RULES if isinstance(rule, Rule) else ANNOTATION_RULES
+    table[rule.name] = rule
+
+
+def _load_rule_modules() -> None:
+    for name in _RULE_MODULES:  # rules_gpu is optional: another engineer's file
+        full = f"{__package__}.{name}"
+        if importlib.util.find_spec(full) is not None:
+            importlib.import_module(full)
+
+
+def rules_for(target: Target) -> tuple[list[Rule], list[AnnotationRule]]:
+    _load_rule_modules()
+    sketch = [SKETCH_RULES[n] for n in target.rules if n in SKETCH_RULES]
+    annotation = [ANNOTATION_RULES[n] for n in target.rules if n in ANNOTATION_RULES]
+    return sketch, annotation
+
+
+# --------------------------------------------------------------------------- block analysis
+@dataclass(frozen=True)
+class BlockInfo:
+    name: str
+    iter_kinds: tuple[str, ...]  # "S" data parallel, "R" reduction, "O" other, per block iter
+    extents: tuple[int, ...]  # per block iter (-1 if not constant)
+    loop_kinds: tuple[str, ...]  # per enclosing loop: "S", "R", "M" (both) or "O"
+    loop_extents: tuple[int, ...]
+    trivial: bool  # one loop per iter, bound directly, in iter order
+    is_reduction: bool
+    is_output: bool
+    reuse: bool  # some read ignores a spatial iter: tiling gives data reuse (matmul, conv)
+    root_level: bool  # its outermost loop (or itself) sits directly under the root block
+
+    @property
+    def spatial_extent(self) -> int:
+        return _prod(e for k, e in zip(self.iter_kinds, self.extents) if k == "S")
+
+    @property
+    def reduce_extent(self) -> int:
+        return _prod(e for k, e in zip(self.iter_kinds, self.extents) if k == "R")
+
+
+def _prod(xs) -> int:
+    out = 1
+    for x in xs:
+        out *= int(x)
+    return out
+
+
+def _vars_in(expr) -> set:
+    found = set()
+    tvm_ffi.structural_walk(expr, (tvm.tirx.Var, found.add), order="post")
+    return found
+
+
+def _as_int(expr) -> int:
+    return int(expr.value) if isinstance(expr, tvm.tirx.IntImm) else -1
+
+
+_ITER_KIND = {0: "S", 2: "R"}
+
+
+def analyze(sch: Schedule, block: "SBlockRV | str") -> BlockInfo:
+    rv = sch.get_sblock(block) if isinstance(block, str) else block
+    stmt = sch.get(rv)
+    realize = _get_realize(sch, rv)
+    kinds = tuple(_ITER_KIND.get(int(iv.iter_type), "O") for iv in stmt.iter_vars)
+    extents = tuple(_as_int(iv.dom.extent) for iv in stmt.iter_vars)
+    loops = [sch.get(lp) for lp in sch.get_loops(rv)]
+    uses = [_vars_in(v) for v in realize.iter_values]
+    loop_kinds = []
+    for lp in loops:
+        used = {kinds[i] for i, vs in enumerate(uses) if any(v.same_as(lp.loop_var) for v in vs)}
+        loop_kinds.append("S" if used <= {"S"} else "R" if used == {"R"} else "M" if used == {"S", "R"} else "O")
+    trivial = len(loops) == len(uses) and all(
+        isinstance(v, tvm.tirx.Var) and v.same_as(lp.loop_var) for v, lp in zip(realize.iter_values, loops)
+    )
+    spatial_vars = [iv.var for iv, k, e in zip(stmt.iter_vars, kinds, extents) if k == "S" and e != 1]
+    reuse = False
+    for region in stmt.reads:
+        used = set()
+        for rng in region.region:
+            used |= _vars_in(rng.min)
+        if any(not any(v.same_as(u) for u in used) for v in spatial_vars):
+            reuse = True
+    parent = sch.get_sref(rv).parent if not loops else sch.get_sref(sch.get_loops(rv)[0]).parent
+    root_level = parent is not None and parent.parent is None
+    return BlockInfo(
+        name=stmt.name_hint,
+        iter_kinds=kinds,
+        extents=extents,
+        loop_kinds=tuple(loop_kinds),
+        loop_extents=tuple(_as_int(lp.extent) for lp in loops),
+        trivial=trivial,
+        is_reduction=stmt.init is not None or "R" in kinds,
+        is_output=bool(is_output_block(sch, rv)),
+        reuse=reuse and "R" in kinds,
+        root_level=root_level,
+    )
+
+
+def block_names(sch: Schedule) -> list[str]:
+    """All blocks under the root, in program (topological) order."""
+    names: list[str] = []
+
+    def visit(node):
+        if isinstance(node, tvm.s_tir.SBlock) and node.name_hint != "root":
+            names.append(node.name_hint)
+
+    tvm_ffi.structural_walk(sch.mod["main"].body, (tvm.s_tir.SBlock, visit), order="pre")
+    return names
+
+
+def has_block(sch: Schedule, name: str) -> bool:
+    return name in block_names(sch)
+
+
+# --------------------------------------------------------------------------- sketches
+@dataclass(frozen=True)
+class Step:
+    block: str
+    rule: str
+    variant: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.rule}{'[' + self.variant + ']' if self.variant else ''}({self.block})"
+
+
+@dataclass(frozen=True)
+class Sketch:
+    """A task's schedule structure with holes: rule steps, replayed before annotation."""
+
+    steps: tuple[Step, ...]
+
+    @property
+    def name(self) -> str:
+        applied = [str(s) for s in self.steps if s.rule != "skip"]
+        return " ".join(applied) or "skip"
+
+
+def new_schedule(mod: tvm.IRModule, seed: int = 1) -> Schedule:
+    return Schedule(mod, seed=max(1, int(seed)), error_render_level="none")
+
+
+def generate_sketches(task, target: Target, *, max_sketches: int = 16) -> list[Sketch]:
+    """Ansor's derivation: every block, consumers first, through the target's rules.
+
+    States are built with fixed decisions (only legality matters here); the order of the
+    result puts applied variants first, so `sketches[0]` is the one the default uses.
+    """
+    rules, _ = rules_for(target)
+    ctx = SketchContext(target, deterministic=True)
+    start = new_schedule(task.mod)
+    states: list[tuple[Schedule, tuple[Step, ...]]] = [(start, ())]
+    for block in reversed(block_names(start)):
+        grown: list[tuple[Schedule, tuple[Step, ...]]] = []
+        for sch, steps in states:
+            grown.extend(_expand(sch, steps, block, rules, ctx))
+        states = grown[:max_sketches]
+    return [Sketch(steps) for _, steps in states]
+
+
+def _expand(sch: Schedule, steps: tuple[Step, ...], block: str, rules: list[Rule], ctx: SketchContext):
+    """The states that come out of applying rules[...] to `block` (depth-first, applied first)."""
+    out = []
+    pending = [(sch, steps, 0)]
+    while pending:
+        cur, cur_steps, start = pending.pop(0)
+        if not has_block(cur, block):  # inlined or merged away by an earlier step
+            out.append((cur, cur_steps))
+            continue
+        done = False
+        for index in range(start, len(rules)):
+            rule = rules[index]
+            outcome = rule.condition(cur, block, ctx)
+            if outcome is Outcome.SKIP:
+                continue
+            children = []
+            for variant in rule.variants(cur, block, ctx):
+                child = cur.copy()
+                try:
+                    rule.apply(child, block, ctx, variant)
+                except SCHEDULE_ERRORS:
+                    continue
+                children.append((child, cur_steps + (Step(block, rule.name, variant),)))
+            for child, child_steps in children:
+                if rule.terminal:
+                    out.append((child, child_steps))
+                else:
+                    pending.append((child, child_steps, index + 1))
+            if children and outcome is Outcome.APPLY_AND_SKIP_REST:
+                done = True
+                break
+        if not done:
+            out.append((cur, cur_steps + (Step(block, "skip"),)))
+    return out
+
+
+def instantiate(sketch: Sketch, mod: tvm.IRModule, ctx: SketchContext, *, seed: int = 1) -> Schedule:
+    """Replay the sketch's steps, fill the holes (annotation rules), then finish the reductions.
+
+    Raises a SCHEDULE_ERROR when a sampled decision turns out illegal; callers drop the sample.
+    """
+    _, annotations = rules_for(ctx.target)
+    sch = new_schedule(mod, seed)
+    for step in sketch.steps:
+        if step.rule != "skip":
+            SKETCH_RULES[step.rule].apply(sch, step.block, ctx, step.variant)
+    for rule in annotations:
+        rule.apply(sch, ctx)
+    decompose_reductions(sch)
+    return sch
+
+
+def decompose_reductions(sch: Schedule) -> None:
+    """Split each reduction's init out of its loop nest, so inner loops have no `if k == 0`."""
+    for name in block_names(sch):
+        block = sch.get_sblock(name)
+        if sch.get(block).init is None:
+            continue
+        info = analyze(sch, block)
+        loops = sch.get_loops(block)
+        first_r = next((i for i, k in enumerate(info.loop_kinds) if k in ("R", "M")), None)
+        if first_r is None:
+            continue
+        try:
+            sch.decompose_reduction(block, loops[first_r])
+        except SCHEDULE_ERRORS:  # e.g. the reduction loop is shared with another block: keep the init inside
+            continue

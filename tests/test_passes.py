@@ -1,0 +1,163 @@
+"""Pure-IR tests: passes keep the numpy semantics, the verifier catches malformed graphs,
+fusion groups what it should.  No TVM build here."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from tilecraft.compiler.fusion import count_fused, fuse_epilogues
+from tilecraft.compiler.interpret import run_graph
+from tilecraft.compiler.ir import Graph, Node, TensorType, verify
+from tilecraft.compiler.passes import eliminate_dead_code, fold_batch_norm, fold_constants, simplify
+from tilecraft.compiler.pipeline import PIPELINE, optimize
+from tilecraft.errors import GraphError, ShapeError
+from tilecraft.frontends.builder import GraphBuilder
+
+rng = np.random.default_rng(0)
+
+
+def conv_bn_relu_graph(residual: bool = True) -> Graph:
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType((1, 8, 10, 10), "float32"))
+    w = b.const(rng.standard_normal((8, 8, 3, 3)).astype("float32"), "w")
+    bn = [b.const(v.astype("float32"), n) for v, n in ((1 + 0.1 * rng.standard_normal(8), "g"), (rng.standard_normal(8), "beta"),
+                                                        (rng.standard_normal(8), "mean"), (1 + rng.random(8), "var"))]
+    c = b.add("conv2d", [x, w], "conv", strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1)
+    y = b.add("batch_norm", [c, *bn], "bn", epsilon=1e-5)
+    if residual:
+        y = b.add("add", [y, x], "res")
+    y = b.add("relu", [y], "relu")
+    dead = b.add("exp", [x], "dead")
+    del dead
+    return b.finish([y])
+
+
+def feeds(graph):
+    return {n: rng.standard_normal(t.shape).astype(t.dtype) for n, t in graph.inputs}
+
+
+def test_batch_norm_folds_into_conv_and_keeps_values():
+    g = conv_bn_relu_graph()
+    folded = verify(fold_batch_norm(g))
+    assert "batch_norm" not in folded.op_counts()
+    conv = next(n for n in folded.nodes if n.op == "conv2d")
+    assert len(conv.inputs) == 3  # gained a bias
+    f = feeds(g)
+    np.testing.assert_allclose(run_graph(folded, f)[0], run_graph(g, f)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_standalone_batch_norm_becomes_mul_add():
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType((1, 4, 3, 3), "float32"))
+    params = [b.const(v.astype("float32")) for v in (rng.random(4) + 0.5, rng.random(4), rng.random(4), rng.random(4) + 0.5)]
+    g = b.finish([b.add("batch_norm", [x, *params], "bn", epsilon=1e-3)])
+    out = verify(fold_batch_norm(g))
+    assert out.op_counts() == {"add": 1, "mul": 1}
+    f = feeds(g)
+    np.testing.assert_allclose(run_graph(out, f)[0], run_graph(g, f)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_dead_code_is_removed():
+    g = conv_bn_relu_graph()
+    assert "exp" in g.op_counts()
+    assert "exp" not in eliminate_dead_code(g).op_counts()
+
+
+def test_constant_folding_folds_only_constant_subgraphs():
+    g0 = conv_bn_relu_graph()
+    k = Node.make("k", "mul", ["w", "w"], g0.type_of("w"))
+    node_using_k = Node.make("conv2", "conv2d", ["relu", "k"], g0.type_of("relu"), strides=(1, 1), pads=(1, 1, 1, 1),
+                             dilations=(1, 1), groups=1)
+    g = dataclasses.replace(g0, nodes=g0.nodes + (k, node_using_k), outputs=("conv2",))
+    folded = verify(fold_constants(g))
+    assert "k" in folded.constants and "conv2" in folded.node_map()
+    np.testing.assert_allclose(folded.constants["k"], g.constants["w"] ** 2)
+
+
+def test_simplify_drops_noop_reshape_and_cast():
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType((2, 3), "float32"))
+    r = b.add("reshape", [x], "r", shape=(2, 3))
+    c = b.add("cast", [r], "c", to="float32")
+    r2 = b.add("reshape", [c], "r2", shape=(3, 2))
+    r3 = b.add("reshape", [r2], "r3", shape=(6,))
+    g = b.finish([b.add("relu", [r3], "out")])
+    s = eliminate_dead_code(simplify(g))
+    assert s.op_counts() == {"relu": 1, "reshape": 1}
+    f = feeds(g)
+    np.testing.assert_array_equal(run_graph(s, f)[0], run_graph(g, f)[0])
+
+
+def test_verifier_catches_malformed_graphs():
+    g = conv_bn_relu_graph()
+    bad_input = dataclasses.replace(g, nodes=(Node.make("y", "relu", ["nowhere"], TensorType((1,), "float32")),), outputs=("y",))
+    with pytest.raises(GraphError, match="undefined"):
+        verify(bad_input)
+    relu = next(n for n in g.nodes if n.op == "relu")
+    wrong_type = dataclasses.replace(g, nodes=tuple(dataclasses.replace(n, type=TensorType((2, 2), "float32")) if n is relu else n for n in g.nodes))
+    with pytest.raises(GraphError, match="shape inference"):
+        verify(wrong_type)
+    with pytest.raises(GraphError, match="output"):
+        verify(dataclasses.replace(g, outputs=("missing",)))
+    with pytest.raises(ShapeError):
+        GraphBuilder().add_input  # noqa: B018
+        b = GraphBuilder()
+        a = b.add_input("a", TensorType((2, 3), "float32"))
+        c = b.add_input("c", TensorType((4, 3), "float32"))
+        b.add("add", [a, c])
+
+
+def test_fusion_groups_conv_with_its_epilogue():
+    original = conv_bn_relu_graph()
+    g = optimize(original, verify_each=True)
+    assert [n.op for n in g.nodes] == ["fused"]
+    body = g.nodes[0].attr("body")
+    assert [n.op for n in body.nodes] == ["conv2d", "add", "relu"]
+    assert count_fused(g) == {"conv2d": 1}
+    f = feeds(g)
+    np.testing.assert_allclose(run_graph(g, f)[0], run_graph(original, f)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_fusion_takes_an_elementwise_dag_like_gelu():
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType((4, 16), "float32"))
+    w = b.const(rng.standard_normal((16, 16)).astype("float32"))
+    m = b.add("matmul", [x, w], "mm")
+    half = b.add("mul", [m, b.const(np.float32(0.5))], "half")
+    erf = b.add("erf", [b.add("div", [m, b.const(np.float32(1.4142135))], "scaled")], "erf")
+    out = b.add("mul", [half, b.add("add", [erf, b.const(np.float32(1.0))], "one_plus")], "gelu")
+    g = b.finish([out])
+    fused = fuse_epilogues(g)
+    assert len(fused.nodes) == 1 and fused.nodes[0].attr("anchor") == "matmul"
+    assert len(fused.nodes[0].attr("body").constants) == 3  # scalars baked into the kernel
+    f = feeds(g)
+    np.testing.assert_allclose(run_graph(fused, f)[0], run_graph(g, f)[0], rtol=1e-6)
+
+
+def test_values_used_twice_are_not_recomputed():
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType((4, 16), "float32"))
+    w = b.const(rng.standard_normal((16, 16)).astype("float32"))
+    m = b.add("matmul", [x, w], "mm")
+    r = b.add("relu", [m], "r")
+    s = b.add("matmul", [r, w], "mm2")
+    g = b.finish([r, s])  # r is an output AND feeds mm2
+    fused = fuse_epilogues(g)
+    names = [n.name for n in fused.nodes]
+    assert "r" in names and "mm2" in names
+    verify(fused)
+
+
+def test_pipeline_is_one_named_list():
+    names = [n for n, _ in PIPELINE]
+    assert names[-1] == "fuse_epilogues" and "fold_batch_norm" in names and len(set(names)) == len(names)
+
+
+def test_graph_is_a_printable_value():
+    g1, g2 = conv_bn_relu_graph(False), conv_bn_relu_graph(False)
+    assert str(g1).startswith("graph main(") and "conv2d" in str(g1)
+    assert g1 == g1 and hash(g1) == hash(g1)
+    assert g1 != g2  # different random weights
