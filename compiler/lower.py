@@ -10,6 +10,7 @@ from tvm import te, tirx
 
 from ..errors import GraphError
 from .ir import Graph, Node, TensorType
+from .lower_attention import lower_attention_body
 from .lower_ops import LOWER
 from .task import Task, workload_key
 
@@ -73,7 +74,7 @@ def task_name(body: Graph, out: TensorType) -> str:
 
 def make_task(node: Node) -> Task:
     body: Graph = node.attr("body")
-    func, types = lower_body(body)
+    func, types = lower_attention_body(body) or lower_body(body)
     mod = tvm.IRModule({"main": func})
     return Task(
         name=task_name(body, node.type),

@@ -13,6 +13,7 @@ import tvm
 from tvm import te, tirx, topi
 
 from .ir import TensorType
+from .ops import reduce_identity, resize_axis_is_identity, resize_source_index, resize_window
 
 Lowering = Callable[[list[te.Tensor], dict, TensorType], te.Tensor]
 LOWER: dict[str, Lowering] = {}
@@ -28,6 +29,8 @@ def lowering(*ops: str):
 
 
 def _const(value, dtype: str):
+    if "int" in dtype and isinstance(value, float):
+        value = int(value)
     return tirx.const(value, dtype)
 
 
@@ -53,6 +56,14 @@ def _elementwise(fn, out_type: TensorType, *tensors: te.Tensor, name: str):
 
 
 # --------------------------------------------------------------------------- elementwise
+def _clip(x, lo, hi):
+    if lo is not None:  # absent bounds stay absent: integer types cannot hold +-3.4e38
+        x = tirx.max(x, _const(lo, _dt(x)))
+    if hi is not None:
+        x = tirx.min(x, _const(hi, _dt(x)))
+    return x
+
+
 def _erf(x):
     return tirx.erf(x)
 
@@ -77,7 +88,7 @@ UNARY = {
     "reciprocal": lambda x, a: _const(1, _dt(x)) / x,
     "erf": lambda x, a: _erf(x),
     "not": lambda x, a: tirx.Not(x),
-    "clip": lambda x, a: tirx.min(tirx.max(x, _const(a.get("min", -3.4e38), _dt(x))), _const(a.get("max", 3.4e38), _dt(x))),
+    "clip": lambda x, a: _clip(x, a.get("min"), a.get("max")),
     "leaky_relu": lambda x, a: tirx.Select(x >= _const(0, _dt(x)), x, x * _const(a["alpha"], _dt(x))),
     "hard_sigmoid": lambda x, a: tirx.min(tirx.max(x * _const(a["alpha"], _dt(x)) + _const(a["beta"], _dt(x)), _const(0, _dt(x))), _const(1, _dt(x))),
     "hard_swish": lambda x, a: x * tirx.min(tirx.max(x / _const(6, _dt(x)) + _const(0.5, _dt(x)), _const(0, _dt(x))), _const(1, _dt(x))),
@@ -113,6 +124,8 @@ def _div(a, b):
 def _pow(a, b):
     if isinstance(b, tirx.FloatImm) and b.value == 2.0:
         return a * a
+    if "int" in _dt(a):  # integer powers in double, as ONNX Runtime computes them
+        return tirx.power(a.astype("float64"), b.astype("float64")).astype(_dt(a))
     return tirx.power(a, b.astype(_dt(a)) if _dt(b) != _dt(a) else b)
 
 
@@ -275,6 +288,13 @@ def _reduce(inputs, attrs, out_type):
                 out.append(next(it))
         return out
 
+    if any(int(x.shape[a]) == 0 for a in axes):  # an empty reduction is its identity (mean: NaN)
+        fill = {"sum": 0, "prod": 1, "mean": float("nan")}.get(kind) if kind not in ("max", "min") else reduce_identity(kind, _dt(x))
+        return te.compute(out_type.shape, lambda *i: _const(fill, _dt(x)), name=f"T_{kind}")
+    if _dt(x) == "bool":  # reduce as int8: max is any, min is all
+        as_int = te.compute(x.shape, lambda *i: x(*i).astype("int8"), name="T_cast")
+        red = _reduce([as_int], attrs, TensorType(out_type.shape, "int8"))
+        return te.compute(out_type.shape, lambda *i: red(*i).astype("bool"), name="T_cast")
     if kind == "prod":
         prod = te.comm_reducer(lambda a, b: a * b, lambda t: tirx.const(1, t), name="prod")
         return te.compute(out_type.shape, lambda *i: prod(x(*src_index(i)), axis=raxes), name="T_prod")
@@ -411,6 +431,8 @@ def _pad(inputs, attrs, out_type):
             return tirx.if_then_else(tirx.all(*conds) if conds else True, x(*safe), _const(value, _dt(x)))
         if mode == "edge":
             return x(*[tirx.max(tirx.min(s, n - 1), 0) for s, n in zip(src, sizes)])
+        if mode == "wrap":
+            return x(*[tirx.floormod(s, n) for s, n in zip(src, sizes)])
         # reflect: mirror around the edges (without repeating the edge element)
         out = []
         for s, n in zip(src, sizes):
@@ -424,60 +446,82 @@ def _pad(inputs, attrs, out_type):
 
 @lowering("resize")
 def _resize(inputs, attrs, out_type):
+    """Separable resampling with the taps of `ops._resize_axis`: the same kernels in closed form."""
     x = inputs[0]
-    in_shape = [int(d) for d in x.shape]
-    out_shape = out_type.shape
+    nd, dtype = len(x.shape), _dt(x)
+    in_shape, out_shape = [int(d) for d in x.shape], out_type.shape
+    roi = attrs.get("roi") or (0.0,) * nd + (1.0,) * nd
     mode, coord = attrs["mode"], attrs["coord_mode"]
+    acc = "float64" if dtype == "float64" else "float32"
 
-    def src_coord(i, n_in, n_out):
-        fi = i.astype("float32")
-        scale = n_out / n_in
-        if coord == "align_corners":
-            return fi * ((n_in - 1) / (n_out - 1)) if n_out > 1 else fi * 0.0
-        if coord == "asymmetric":
-            return fi / scale
-        if coord == "pytorch_half_pixel" and n_out == 1:
-            return fi * 0.0
-        return (fi + 0.5) / scale - 0.5
+    def kernel(d):
+        d = tirx.abs(d)
+        if mode == "linear":
+            return tirx.max(_const(1, acc) - d, _const(0, acc))
+        a = attrs.get("cubic_a", -0.75)
+        near = ((a + 2) * d - (a + 3)) * d * d + 1.0
+        far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+        return tirx.Select(d <= 1.0, near, tirx.Select(d < 2.0, far, _const(0, acc)))
 
-    def nearest(s):
-        m = attrs.get("nearest_mode", "round_prefer_floor")
-        if m == "floor":
-            return tirx.floor(s)
-        if m == "ceil":
-            return tirx.ceil(s)
-        if m == "round_prefer_ceil":
-            return tirx.floor(s + 0.5)
-        return tirx.ceil(s - 0.5)
+    def clamp(j, n):
+        return tirx.max(tirx.min(j, tirx.const(n - 1, "int64")), tirx.const(0, "int64"))
+
+    def axis_taps(a, i):
+        """([(source index, weight or None)], outside-the-crop condition or None) for output index i."""
+        n_in, n_out, scale = in_shape[a], out_shape[a], attrs["scales"][a]
+        axis_roi = (roi[a], roi[a + nd])
+        if resize_axis_is_identity(n_in, n_out, scale, coord, axis_roi):
+            return [(i, None)], None
+        src = resize_source_index(i.astype(acc), n_in, n_out, scale, coord, axis_roi)
+        outside = tirx.Or(src < 0.0, src > float(n_in - 1)) if coord == "tf_crop_and_resize" else None
+        if mode == "nearest":
+            return [(clamp(_nearest(src, attrs.get("nearest_mode", "round_prefer_floor")).astype("int64"), n_in), None)], outside
+        s, start, taps = resize_window(mode, scale, attrs.get("antialias", False))
+        idx = [tirx.floor(src).astype("int64") + (start + t) for t in range(taps)]
+        w = [kernel((j.astype(acc) - src) * s) for j in idx]
+        if attrs.get("exclude_outside"):
+            w = [tirx.Select(tirx.all(j >= 0, j < n_in), wj, _const(0, acc)) for j, wj in zip(idx, w)]
+        if attrs.get("exclude_outside") or attrs.get("antialias"):  # else the weights already sum to 1
+            total = w[0]
+            for wj in w[1:]:
+                total = total + wj
+            total = tirx.Select(total == 0.0, _const(1, acc), total)
+            w = [wj / total for wj in w]
+        return [(clamp(j, n_in), wj) for j, wj in zip(idx, w)], outside
 
     def body(*idx):
-        if mode == "nearest":
-            src = []
-            for a, i in enumerate(idx):
-                if in_shape[a] == out_shape[a]:
-                    src.append(i)
-                    continue
-                j = nearest(src_coord(i, in_shape[a], out_shape[a])).astype("int64")
-                src.append(tirx.max(tirx.min(j, in_shape[a] - 1), 0))
-            return x(*src)
-        # linear: separable interpolation over every resized axis
-        terms = [([], 1.0)]
+        terms, outside = [([], None)], []
         for a, i in enumerate(idx):
-            if in_shape[a] == out_shape[a]:
-                terms = [(p + [i], w) for p, w in terms]
-                continue
-            s = tirx.max(tirx.min(src_coord(i, in_shape[a], out_shape[a]), float(in_shape[a] - 1)), 0.0)
-            lo = tirx.floor(s).astype("int64")
-            hi = tirx.min(lo + 1, in_shape[a] - 1)
-            frac = s - lo.astype("float32")
-            terms = [(p + [lo], w * (1.0 - frac)) for p, w in terms] + [(p + [hi], w * frac) for p, w in terms]
-        total = None
-        for p, w in terms:
-            v = x(*p).astype("float32") * w
-            total = v if total is None else total + v
-        return total.astype(_dt(x))
+            taps, out_a = axis_taps(a, i)
+            terms = [(p + [j], w if wj is None else (wj if w is None else w * wj)) for p, w in terms for j, wj in taps]
+            if out_a is not None:
+                outside.append(out_a)
+        if all(w is None for _, w in terms):  # nearest: a copy, in the input's type
+            value = x(*terms[0][0])
+        else:
+            value = None
+            for p, w in terms:
+                v = x(*p).astype(acc) * w
+                value = v if value is None else value + v
+            if "int" in dtype:  # round and saturate, as ONNX casts back to integers
+                info = tvm.tirx.min_value(dtype).value, tvm.tirx.max_value(dtype).value
+                value = tirx.min(tirx.max(tirx.round(value), _const(info[0], acc)), _const(info[1], acc))
+            value = value.astype(dtype)
+        if outside:
+            value = tirx.Select(tirx.any(*outside), _const(attrs.get("extrapolation_value", 0.0), dtype), value)
+        return value
 
     return te.compute(out_shape, body, name="T_resize")
+
+
+def _nearest(src, mode: str):
+    if mode == "floor":
+        return tirx.floor(src)
+    if mode == "ceil":
+        return tirx.ceil(src)
+    if mode == "round_prefer_ceil":
+        return tirx.floor(src + 0.5)
+    return tirx.ceil(src - 0.5)  # round_prefer_floor
 
 
 # --------------------------------------------------------------------------- attention (unfused form)

@@ -116,12 +116,24 @@ for _name, _fn in UNARY.items():
         (lambda fn: lambda inputs, attrs: fn(inputs[0], attrs))(_fn),
     )
 
+def _int_div(a, b):
+    """Integer division truncating toward zero (C, ONNX Runtime), not numpy's floor."""
+    q = a // b
+    return (q + ((a % b != 0) & ((a < 0) != (b < 0)))).astype(q.dtype)
+
+
+def _pow(a, b):
+    if np.issubdtype(a.dtype, np.integer):  # integer bases: computed in double, like ONNX Runtime
+        return np.power(a.astype(np.float64), b.astype(np.float64)).astype(a.dtype)
+    return np.power(a, b).astype(a.dtype)
+
+
 BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "add": np.add,
     "sub": np.subtract,
     "mul": np.multiply,
-    "div": lambda a, b: (a // b) if np.issubdtype(a.dtype, np.integer) else np.divide(a, b),
-    "pow": lambda a, b: np.power(a, b).astype(a.dtype),
+    "div": lambda a, b: _int_div(a, b) if np.issubdtype(a.dtype, np.integer) else np.divide(a, b),
+    "pow": lambda a, b: _pow(a, b),
     "minimum": np.minimum,
     "maximum": np.maximum,
     "mod": np.fmod,
@@ -286,9 +298,21 @@ def _reduce_infer(inputs, attrs):
 _REDUCERS = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "prod": np.prod}
 
 
+def reduce_identity(kind: str, dtype: str):
+    """max / min of an empty set: -inf / +inf for floats, the type's bounds for integers."""
+    if dtype == "bool":
+        return kind == "min"
+    if dtype.startswith("float"):
+        return -np.inf if kind == "max" else np.inf
+    info = np.iinfo(dtype)
+    return int(info.min if kind == "max" else info.max)
+
+
 def _reduce_eval(inputs, attrs):
-    x = inputs[0]
-    out = _REDUCERS[attrs["kind"]](x, axis=tuple(attrs["axes"]), keepdims=attrs.get("keepdims", True))
+    x, kind = inputs[0], attrs["kind"]
+    kwargs = {"initial": reduce_identity(kind, str(x.dtype))} if kind in ("max", "min") else {}
+    with np.errstate(invalid="ignore", divide="ignore"):  # the mean of an empty set is NaN, as in ONNX
+        out = _REDUCERS[kind](x, axis=tuple(attrs["axes"]), keepdims=attrs.get("keepdims", True), **kwargs)
     return np.asarray(out).astype(x.dtype)
 
 
@@ -415,7 +439,7 @@ def _pad_eval(inputs, attrs):
     mode = attrs.get("mode", "constant")
     if mode == "constant":
         return np.pad(x, width, constant_values=attrs.get("value", 0))
-    return np.pad(x, width, mode={"reflect": "reflect", "edge": "edge"}[mode])
+    return np.pad(x, width, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
 
 
 register("pad", INJECTIVE, _pad_infer, _pad_eval)
@@ -425,35 +449,42 @@ def _resize_infer(inputs, attrs):
     return TensorType(tuple(attrs["sizes"]), inputs[0].dtype)
 
 
-def resize_source_index(out_idx, in_size, out_size, coord_mode):
-    """Map an output coordinate to a (fractional) input coordinate, as ONNX Resize does."""
-    scale = out_size / in_size
+# Resize, per ONNX (opset 19): each resized axis maps output index o to a source coordinate x
+# (`resize_source_index`), then samples the input with a small kernel around x.  Attributes:
+# sizes / scales (per axis), mode (nearest | linear | cubic), coord_mode, nearest_mode, cubic_a,
+# exclude_outside, antialias, roi (starts + ends, tf_crop_and_resize only), extrapolation_value.
+RESIZE_SUPPORT = {"linear": 1.0, "cubic": 2.0}  # kernel radius
+
+
+def resize_source_index(o, n_in: int, n_out: int, scale: float, coord_mode: str, roi=(0.0, 1.0)):
+    """Source coordinate of output index `o` (a float numpy array or a float PrimExpr): arithmetic only."""
     if coord_mode == "align_corners":
-        return out_idx * (in_size - 1) / (out_size - 1) if out_size > 1 else 0 * out_idx
+        return o * ((n_in - 1) / (n_out - 1)) if n_out > 1 else o * 0.0
     if coord_mode == "asymmetric":
-        return out_idx / scale
+        return o * (1.0 / scale)
     if coord_mode == "pytorch_half_pixel":
-        return (out_idx + 0.5) / scale - 0.5 if out_size > 1 else 0 * out_idx
-    return (out_idx + 0.5) / scale - 0.5  # half_pixel
+        return (o + 0.5) * (1.0 / scale) - 0.5 if n_out > 1 else o * 0.0 - 0.5
+    if coord_mode == "tf_crop_and_resize":
+        lo, hi = roi
+        if n_out == 1:
+            return o * 0.0 + (hi - lo) * (n_in - 1) / 2 + lo * (n_in - 1)
+        return o * ((hi - lo) * (n_in - 1) / (n_out - 1)) + lo * (n_in - 1)
+    if coord_mode == "half_pixel_symmetric":  # half_pixel, centred when sizes were rounded
+        offset = n_in / 2 * (1 - n_out / (scale * n_in))
+        return (o + 0.5) * (1.0 / scale) + (offset - 0.5)
+    return (o + 0.5) * (1.0 / scale) - 0.5  # half_pixel
 
 
-def _resize_eval(inputs, attrs):
-    x = inputs[0]
-    out = x
-    for axis, (n_in, n_out) in enumerate(zip(x.shape, attrs["sizes"])):
-        if n_in == n_out:
-            continue
-        src = resize_source_index(np.arange(n_out, dtype=np.float64), n_in, n_out, attrs["coord_mode"])
-        if attrs["mode"] == "nearest":
-            idx = _nearest(src, attrs.get("nearest_mode", "round_prefer_floor"))
-            out = np.take(out, np.clip(idx, 0, n_in - 1), axis=axis)
-        else:
-            src = np.clip(src, 0, n_in - 1)
-            lo = np.floor(src).astype(np.int64)
-            hi = np.minimum(lo + 1, n_in - 1)
-            frac = (src - lo).reshape([-1 if k == axis else 1 for k in range(x.ndim)])
-            out = np.take(out, lo, axis=axis) * (1 - frac) + np.take(out, hi, axis=axis) * frac
-    return out.astype(x.dtype)
+def resize_window(mode: str, scale: float, antialias: bool) -> tuple[float, int, int]:
+    """(kernel stretch s, first tap offset from floor(x), tap count) for linear / cubic."""
+    s = min(scale, 1.0) if antialias else 1.0  # antialias widens the kernel when downsampling
+    start = int(math.floor(-RESIZE_SUPPORT[mode] / s)) + 1
+    return s, start, 2 - 2 * start
+
+
+def resize_axis_is_identity(n_in: int, n_out: int, scale: float, coord_mode: str, roi) -> bool:
+    return n_in == n_out and math.isclose(scale, 1.0) and (
+        coord_mode != "tf_crop_and_resize" or (math.isclose(roi[0], 0.0) and math.isclose(roi[1], 1.0)))
 
 
 def _nearest(src, mode):
@@ -464,6 +495,53 @@ def _nearest(src, mode):
     if mode == "round_prefer_ceil":
         return np.floor(src + 0.5).astype(np.int64)
     return np.ceil(src - 0.5).astype(np.int64)  # round_prefer_floor
+
+
+def _kernel(d, mode: str, a: float):
+    d = np.abs(d)
+    if mode == "linear":
+        return np.maximum(1 - d, 0)
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
+def _resize_axis(x: np.ndarray, axis: int, n_out: int, attrs: dict, roi) -> np.ndarray:
+    n_in, scale = x.shape[axis], attrs["scales"][axis]
+    src = resize_source_index(np.arange(n_out, dtype=np.float64), n_in, n_out, scale, attrs["coord_mode"], roi)
+    mode = attrs["mode"]
+    if mode == "nearest":
+        idx = np.clip(_nearest(src, attrs.get("nearest_mode", "round_prefer_floor")), 0, n_in - 1)[:, None]
+        w = np.ones(idx.shape)
+    else:
+        s, start, taps = resize_window(mode, scale, attrs.get("antialias", False))
+        idx = np.floor(src).astype(np.int64)[:, None] + start + np.arange(taps)[None, :]
+        w = _kernel(s * (idx - src[:, None]), mode, attrs.get("cubic_a", -0.75))
+        if attrs.get("exclude_outside"):
+            w = np.where((idx < 0) | (idx >= n_in), 0.0, w)
+        total = w.sum(axis=1, keepdims=True)
+        w = w / np.where(total == 0, 1.0, total)
+        idx = np.clip(idx, 0, n_in - 1)
+    gathered = np.take(x, idx, axis=axis)  # [..., n_out, taps, ...]
+    out = (gathered * w.reshape((1,) * axis + w.shape + (1,) * (x.ndim - axis - 1))).sum(axis=axis + 1)
+    if attrs["coord_mode"] == "tf_crop_and_resize":
+        outside = ((src < 0) | (src > n_in - 1)).reshape((1,) * axis + (n_out,) + (1,) * (x.ndim - axis - 1))
+        out = np.where(outside, attrs.get("extrapolation_value", 0.0), out)
+    return out
+
+
+def _resize_eval(inputs, attrs):
+    x = inputs[0]
+    out = x.astype(np.float64)
+    roi = attrs.get("roi") or (0.0,) * x.ndim + (1.0,) * x.ndim
+    for axis, (n_in, n_out) in enumerate(zip(x.shape, attrs["sizes"])):
+        axis_roi = (roi[axis], roi[axis + x.ndim])
+        if not resize_axis_is_identity(n_in, n_out, attrs["scales"][axis], attrs["coord_mode"], axis_roi):
+            out = _resize_axis(out, axis, n_out, attrs, axis_roi)
+    if np.issubdtype(x.dtype, np.integer):
+        info = np.iinfo(x.dtype)
+        out = np.clip(np.round(out), info.min, info.max)
+    return out.astype(x.dtype)
 
 
 register("resize", INJECTIVE, _resize_infer, _resize_eval)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .fusion import fuse_epilogues
+from .fusion_attention import fuse_attention
 from .ir import Graph, verify
 from .passes import eliminate_dead_code, fold_batch_norm, fold_constants, simplify
 
@@ -16,10 +17,11 @@ PIPELINE: tuple[tuple[str, Pass], ...] = (
     ("fold_constants_after_bn", fold_constants),
     ("simplify", simplify),
     ("eliminate_dead_code", eliminate_dead_code),
+    ("fuse_attention", fuse_attention),
     ("fuse_epilogues", fuse_epilogues),
 )
 
-FUSION_PASSES = {"fuse_epilogues": "epilogue"}
+FUSION_PASSES = {"fuse_attention": "attention", "fuse_epilogues": "epilogue"}
 
 
 def optimize(graph: Graph, *, no_fuse: frozenset[str] = frozenset(), verify_each: bool = False) -> Graph:

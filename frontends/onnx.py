@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..compiler import ir
 from ..compiler.ir import Graph, TensorType
 from ..errors import ModelLoadError, ShapeError, TilecraftError, UnsupportedOpError
 from .builder import GraphBuilder
@@ -23,8 +24,24 @@ except ImportError as e:  # pragma: no cover
     raise ImportError("tilecraft's ONNX frontend needs the 'onnx' package") from e
 
 ONNX_DTYPES = {
-    1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool",
+    1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 5: "int16", 3: "int8", 13: "uint64",
+    12: "uint32", 4: "uint16", 2: "uint8", 9: "bool",
 }
+
+
+def tensor_dtype(elem_type: int, what: str) -> str:
+    """Our dtype for an ONNX element type, or UnsupportedOpError naming `what`."""
+    dtype = ONNX_DTYPES.get(elem_type)
+    if dtype is None or dtype not in ir.DTYPES:
+        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() else elem_type
+        raise UnsupportedOpError(f"{what} has unsupported ONNX element type {name}")
+    return dtype
+
+
+def constant_array(array: np.ndarray, what: str) -> np.ndarray:
+    if str(array.dtype) not in ir.DTYPES:
+        raise UnsupportedOpError(f"{what} has unsupported element type {array.dtype}")
+    return array
 
 
 class Ctx:
@@ -147,7 +164,7 @@ def _binary(c: Ctx):
     ins = c.inputs
     if c.node.op_type == "Pow":
         a_t, b_t = c.b.type(ins[0]), c.b.type(ins[1])
-        if a_t.dtype != b_t.dtype:
+        if a_t.dtype != b_t.dtype and a_t.dtype.startswith("float"):  # integer bases compute in double
             ins = [ins[0], c.b.add("cast", [ins[1]], c.name + "_exp", to=a_t.dtype)]
     out = ins[0]
     for k, other in enumerate(ins[1:]):
@@ -164,14 +181,14 @@ def _where(c: Ctx):
 
 @converter("Cast")
 def _cast(c: Ctx):
-    to = ONNX_DTYPES.get(c.attr("to"))
-    if to is None:
-        raise c.fail(f"cast to ONNX dtype {c.attr('to')} is not supported")
-    return [c.b.add("cast", [c.input(0)], c.name, to=to)]
+    return [c.b.add("cast", [c.input(0)], c.name, to=tensor_dtype(c.attr("to"), f"Cast node {c.node.name or c.name!r}: its target"))]
 
 
 @converter("Identity", "Dropout")
 def _identity(c: Ctx):
+    training = c.node.op_type == "Dropout" and bool(np.ravel(c.const_input(2, np.array(False)))[0])
+    if training and float(np.ravel(c.const_input(1, np.array(0.5)))[0]) > 0:
+        raise c.fail("training_mode=1 with a ratio > 0 draws a random mask (inference only)")
     if c.node.op_type == "Dropout" and len(c.node.output) > 1 and c.node.output[1]:
         mask = c.b.add("expand", [c.b.const(np.array(True))], c.node.output[1], shape=c.b.shape(c.input(0)))
         return [c.b.rename(c.input(0), c.name), mask]
@@ -268,9 +285,27 @@ def _conv(c: Ctx):
 
 @converter("BatchNormalization")
 def _batch_norm(c: Ctx):
-    if c.attr("training_mode", 0):
-        raise c.fail("training_mode=1 is not supported (inference only)")
-    return [c.b.add("batch_norm", c.inputs[:5], c.name, epsilon=float(c.attr("epsilon", 1e-5)))]
+    eps = float(c.attr("epsilon", 1e-5))
+    if not c.attr("training_mode", 0):
+        return [c.b.add("batch_norm", c.inputs[:5], c.name, epsilon=eps)]
+    # training: normalize with the batch's statistics and update the running ones
+    x, scale, bias, mean, var = c.inputs[:5]
+    shape, dtype = c.b.shape(x), c.b.type(x).dtype
+    axes = (0,) + tuple(range(2, len(shape)))
+    batch_mean = c.b.add("reduce", [x], c.name + "_mean", kind="mean", axes=axes, keepdims=False)
+    centered = c.b.add("sub", [x, c.b.add("reshape", [batch_mean], c.name + "_mean_b", shape=(1, shape[1]) + (1,) * (len(shape) - 2))],
+                       c.name + "_centered")
+    batch_var = c.b.add("reduce", [c.b.add("mul", [centered, centered], c.name + "_sq")], c.name + "_var", kind="mean",
+                        axes=axes, keepdims=False)
+    y = c.b.add("batch_norm", [x, scale, bias, batch_mean, batch_var], c.name, epsilon=eps)
+    momentum = float(c.attr("momentum", 0.9))
+
+    def running(old: str, new: str, what: str) -> str:
+        kept = c.b.add("mul", [old, c.b.const(np.array(momentum, dtype=dtype))], c.name + f"_{what}_kept")
+        return c.b.add("add", [kept, c.b.add("mul", [new, c.b.const(np.array(1 - momentum, dtype=dtype))], c.name + f"_{what}_new")],
+                       c.name + f"_running_{what}")
+
+    return [y, running(mean, batch_mean, "mean"), running(var, batch_var, "var")]
 
 
 # --------------------------------------------------------------------------- pooling, reductions
@@ -292,16 +327,32 @@ def _pool(c: Ctx):
             if (out - 1) * strides[i] >= x_shape[2 + i] + pads[i]:
                 out -= 1  # the last window must start inside the input or its low pad
             pads[i + rank] += (out - 1) * strides[i] - size
+    attrs = {"kind": "max" if c.node.op_type == "MaxPool" else "avg", "count_include_pad": bool(c.attr("count_include_pad", 0))}
+    if rank == 3:
+        return [_pool3d(c, x, kernel, strides, dilations, pads, attrs)]
     x = _as_2d(c, x, rank, "x")
     if rank == 1:
         kernel, strides, dilations, pads = [1] + kernel, [1] + strides, [1] + dilations, [0, pads[0], 0, pads[1]]
-    kind = "max" if c.node.op_type == "MaxPool" else "avg"
-    out = c.b.add("pool2d", [x], c.name + ("_2d" if rank == 1 else ""), kind=kind, kernel=kernel, strides=strides,
-                  pads=pads, dilations=dilations, count_include_pad=bool(c.attr("count_include_pad", 0)))
+    out = c.b.add("pool2d", [x], c.name + ("_2d" if rank == 1 else ""), kernel=kernel, strides=strides,
+                  pads=pads, dilations=dilations, **attrs)
     if rank == 1:
         s = c.b.shape(out)
         out = c.b.add("reshape", [out], c.name, shape=(s[0], s[1], s[3]))
     return [out]
+
+
+def _pool3d(c: Ctx, x: str, kernel, strides, dilations, pads, attrs) -> str:
+    """A 3-D pool is separable: pool (H, W) of every depth slice, then pool depth.  Exact for max and
+    for both averages, since a window's tap count is the product of its per-axis counts."""
+    n, ch, d, h, w = c.b.shape(x)
+    hw = c.b.add("reshape", [x], c.name + "_slices", shape=(n, ch * d, h, w))
+    hw = c.b.add("pool2d", [hw], c.name + "_hw", kernel=kernel[1:], strides=strides[1:], dilations=dilations[1:],
+                 pads=[pads[1], pads[2], pads[4], pads[5]], **attrs)
+    h2, w2 = c.b.shape(hw)[2:]
+    dd = c.b.add("reshape", [hw], c.name + "_depth", shape=(n, ch, d, h2 * w2))
+    dd = c.b.add("pool2d", [dd], c.name + "_d", kernel=[kernel[0], 1], strides=[strides[0], 1],
+                 dilations=[dilations[0], 1], pads=[pads[0], 0, pads[3], 0], **attrs)
+    return c.b.add("reshape", [dd], c.name, shape=(n, ch, c.b.shape(dd)[2], h2, w2))
 
 
 @converter("GlobalAveragePool", "GlobalMaxPool")
@@ -345,11 +396,23 @@ def _softmax(c: Ctx):
 
 @converter("LayerNormalization")
 def _layer_norm(c: Ctx):
-    if any(o for o in c.node.output[1:]):
-        raise c.fail("the Mean / InvStdDev outputs are not supported")
-    ndim = len(c.b.shape(c.input(0)))
-    return [c.b.add("layer_norm", c.inputs[:3], c.name, axis=_axis(int(c.attr("axis", -1)), ndim),
-                    epsilon=float(c.attr("epsilon", 1e-5)))]
+    x = c.input(0)
+    ndim = len(c.b.shape(x))
+    axis, eps = _axis(int(c.attr("axis", -1)), ndim), float(c.attr("epsilon", 1e-5))
+    out = c.b.add("layer_norm", c.inputs[:3], c.name, axis=axis, epsilon=eps)
+    if not any(c.node.output[1:]):
+        return [out]
+    # the optional Mean and InvStdDev outputs, in the stash type (float32 unless stash_type says otherwise)
+    stash = tensor_dtype(int(c.attr("stash_type", 1)), f"{c.node.op_type} node {c.node.name or c.name!r}: stash_type")
+    if c.b.type(x).dtype != stash:
+        x = c.b.add("cast", [x], c.name + "_stash", to=stash)
+    axes = tuple(range(axis, ndim))
+    mean = c.b.add("reduce", [x], c.name + "_mean", kind="mean", axes=axes, keepdims=True)
+    centered = c.b.add("sub", [x, mean], c.name + "_centered")
+    var = c.b.add("reduce", [c.b.add("mul", [centered, centered], c.name + "_sq")], c.name + "_var", kind="mean",
+                  axes=axes, keepdims=True)
+    std = c.b.add("sqrt", [c.b.add("add", [var, c.b.const(np.array(eps, dtype=stash))], c.name + "_var_eps")], c.name + "_std")
+    return [out, mean, c.b.add("reciprocal", [std], c.name + "_inv_std")]
 
 
 # --------------------------------------------------------------------------- data movement
@@ -486,28 +549,59 @@ def _pad(c: Ctx):
     return [c.b.add("pad", [x], c.name, pads=tuple(pads), mode=mode, value=value)]
 
 
+RESIZE_COORD_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
+                      "tf_crop_and_resize")
+
+
 @converter("Resize")
 def _resize(c: Ctx):
     x = c.input(0)
     shape = c.b.shape(x)
-    scales = c.const_input(2) if c.input(2) else None
-    sizes = c.const_input(3) if c.input(3) else None
+    nd = len(shape)
+    if c.opset < 11:  # Resize-10: (X, scales), Upsample's asymmetric floor semantics
+        roi, scales, sizes = None, c.const_input(1), None
+        coord, nearest = "asymmetric", "floor"
+    else:
+        roi, scales, sizes = c.const_input(1), c.const_input(2), c.const_input(3)
+        coord, nearest = c.attr("coordinate_transformation_mode", "half_pixel"), c.attr("nearest_mode", "round_prefer_floor")
+    mode = c.attr("mode", "nearest")
+    if mode not in ("nearest", "linear", "cubic"):
+        raise c.fail(f"mode {mode!r} is not supported")
+    if coord not in RESIZE_COORD_MODES:
+        raise c.fail(f"coordinate_transformation_mode {coord!r} is not supported")
+    axes = [_axis(int(a), nd) for a in c.attr("axes", range(nd))]
+    out_sizes, out_scales = list(shape), [1.0] * nd
     if sizes is not None and np.size(sizes):
-        out = tuple(int(s) for s in sizes)
+        ratios = [int(s) / shape[a] for s, a in zip(np.ravel(sizes), axes)]
+        policy = c.attr("keep_aspect_ratio_policy", "stretch")
+        if policy not in ("stretch", "not_larger", "not_smaller"):
+            raise c.fail(f"keep_aspect_ratio_policy {policy!r} is not supported")
+        if policy != "stretch":  # one scale for every resized axis, sizes rounded half up
+            ratios = [(min if policy == "not_larger" else max)(ratios)] * len(axes)
+        for k, a in enumerate(axes):
+            out_scales[a] = ratios[k]
+            out_sizes[a] = int(np.ravel(sizes)[k]) if policy == "stretch" else int(ratios[k] * shape[a] + 0.5)
     elif scales is not None and np.size(scales):
-        out = tuple(int(np.floor(d * float(s))) for d, s in zip(shape, scales))
+        for s, a in zip(np.ravel(scales).tolist(), axes):
+            out_scales[a], out_sizes[a] = float(s), int(np.floor(shape[a] * float(s)))
     else:
         raise c.fail("needs scales or sizes")
-    mode = c.attr("mode", "nearest")
-    if mode not in ("nearest", "linear"):
-        raise c.fail(f"mode {mode!r} is not supported (nearest and linear are)")
-    coord = c.attr("coordinate_transformation_mode", "half_pixel")
-    if coord not in ("half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel"):
-        raise c.fail(f"coordinate_transformation_mode {coord!r} is not supported")
-    if c.attr("antialias", 0) or c.attr("axes") is not None or c.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
-        raise c.fail("antialias / axes / keep_aspect_ratio_policy are not supported")
-    return [c.b.add("resize", [x], c.name, sizes=out, mode=mode, coord_mode=coord,
-                    nearest_mode=c.attr("nearest_mode", "round_prefer_floor"))]
+    if len(axes) != (np.size(sizes) if sizes is not None and np.size(sizes) else np.size(scales)):
+        raise c.fail("scales / sizes do not match the resized axes")
+    attrs = {}
+    if coord == "tf_crop_and_resize":
+        if roi is None or np.size(roi) != 2 * len(axes):
+            raise c.fail("tf_crop_and_resize needs a constant roi")
+        full = [0.0] * nd + [1.0] * nd
+        for k, a in enumerate(axes):
+            full[a], full[a + nd] = float(np.ravel(roi)[k]), float(np.ravel(roi)[k + len(axes)])
+        attrs = {"roi": full, "extrapolation_value": float(c.attr("extrapolation_value", 0.0))}
+    if mode != "nearest":
+        attrs.update(antialias=bool(c.attr("antialias", 0)), exclude_outside=bool(c.attr("exclude_outside", 0)))
+    if mode == "cubic":
+        attrs["cubic_a"] = float(c.attr("cubic_coeff_a", -0.75))
+    return [c.b.add("resize", [x], c.name, sizes=tuple(out_sizes), scales=tuple(out_scales), mode=mode, coord_mode=coord,
+                    nearest_mode=nearest, **attrs)]
 
 
 # --------------------------------------------------------------------------- folded at import
@@ -529,7 +623,7 @@ def _constant(c: Ctx):
         if key in c.attrs:
             v = c.attrs[key]
             dtype = np.float32 if "float" in key else (np.int64 if "int" in key else None)
-            return [c.b.alias_const(c.name, np.asarray(v, dtype=dtype))]
+            return [c.b.alias_const(c.name, constant_array(np.asarray(v, dtype=dtype), f"Constant node {c.node.name or c.name!r}"))]
     raise c.fail("only value/value_float(s)/value_int(s) constants are supported")
 
 
@@ -561,10 +655,10 @@ def load_model(path: str | os.PathLike) -> "onnx.ModelProto":
 
 
 def _value_type(vi, input_shapes: dict[str, tuple[int, ...]]) -> TensorType:
+    if not vi.type.HasField("tensor_type"):
+        raise UnsupportedOpError(f"input {vi.name!r} is a {vi.type.WhichOneof('value')}, not a tensor")
     tt = vi.type.tensor_type
-    dtype = ONNX_DTYPES.get(tt.elem_type)
-    if dtype is None:
-        raise UnsupportedOpError(f"input {vi.name!r} has unsupported ONNX element type {tt.elem_type}")
+    dtype = tensor_dtype(tt.elem_type, f"input {vi.name!r}")
     if vi.name in input_shapes:
         shape = tuple(int(d) for d in input_shapes[vi.name])
         declared = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
@@ -573,7 +667,7 @@ def _value_type(vi, input_shapes: dict[str, tuple[int, ...]]) -> TensorType:
         return TensorType(shape, dtype)
     dims = []
     for k, d in enumerate(tt.shape.dim):
-        if d.HasField("dim_value") and d.dim_value > 0:
+        if d.HasField("dim_value"):  # 0 is a legal (empty) dimension
             dims.append(int(d.dim_value))
         else:
             sym = d.dim_param or "?"
@@ -600,10 +694,12 @@ def from_onnx(model, *, input_shapes: dict[str, tuple[int, ...]] | None = None, 
     b = GraphBuilder(name)
     initializers = {t.name for t in g.initializer}
     for t in g.initializer:
+        tensor_dtype(t.data_type, f"initializer {t.name!r}")
         try:
-            b.alias_const(t.name, numpy_helper.to_array(t))
-        except Exception as e:  # external data missing, unknown dtype
+            array = numpy_helper.to_array(t)
+        except Exception as e:  # external data missing, malformed bytes
             raise ModelLoadError(f"initializer {t.name!r} cannot be read: {e}") from None
+        b.alias_const(t.name, array)
     unknown = set(input_shapes) - {vi.name for vi in g.input}
     if unknown:
         raise ShapeError(f"--input-shape names unknown input(s) {sorted(unknown)}; inputs are {[vi.name for vi in g.input if vi.name not in initializers]}")

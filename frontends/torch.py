@@ -12,6 +12,7 @@ torch is optional: it is imported only when a function here is called.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import os
@@ -274,13 +275,14 @@ def _rounded_div(c: Ctx, a: str, b: str, mode: str) -> str:
 
 @converter("aten.round.default")
 def _round(c: Ctx):
-    """Round half to even, as torch does: floor(x + 0.5), minus one on odd ties."""
+    """Round half to even, as torch does: floor(x + 0.5), minus one on ties that land on an odd number."""
     x = c.tensor("self")
     dtype = c.b.type(x).dtype
-    half, one, two = (c.const(v, dtype, f"_{n}") for v, n in ((0.5, "half"), (1, "one"), (2, "two")))
+    half, one = c.const(0.5, dtype, "_half"), c.const(1, dtype, "_one")
     up = c.add("floor", [c.add("add", [x, half], "_shift")], "_up")
     tie = c.add("equal", [c.add("sub", [up, x], "_frac"), half], "_tie")
-    odd = c.add("equal", [c.add("mod", [c.add("abs", [up], "_abs"), two], "_mod2"), one], "_odd")
+    up_half = c.add("mul", [up, half], "_uph")
+    odd = c.add("not", [c.add("equal", [c.add("floor", [up_half], "_uphf"), up_half], "_even")], "_odd")
     return c.add("where", [c.add("logical_and", [tie, odd], "_fix"), c.add("sub", [up, one], "_down"), up])
 
 
@@ -516,11 +518,15 @@ def _adaptive_pool(c: Ctx):
     return (out, None) if kind == "max" else out
 
 
+def _axes(dims, ndim: int) -> tuple[int, ...]:
+    """Reduction axes, sorted and non-negative; None or [] means all of them (as in ATen)."""
+    dims = [dims] if isinstance(dims, int) else dims
+    return tuple(sorted({_axis(int(d), ndim) for d in dims})) if dims else tuple(range(ndim))
+
+
 def _reduce(c: Ctx, kind: str, dims, keepdim: bool) -> str:
     x = c.tensor("self")
-    ndim = len(c.shape(x))
-    dims = [dims] if isinstance(dims, int) else dims
-    axes = tuple(sorted({_axis(int(d), ndim) for d in dims})) if dims else tuple(range(ndim))
+    axes = _axes(dims, len(c.shape(x)))
     x = c.cast(x, c.out_type.dtype if kind in ("sum", "mean", "prod") else c.b.type(x).dtype)
     return c.add("reduce", [x], kind=kind, axes=axes, keepdims=bool(keepdim))
 
@@ -533,6 +539,17 @@ def _reductions(c: Ctx):
     return _reduce(c, kind, c.args.get("dim"), c.args.get("keepdim", False))
 
 
+@converter("aten.any.dim", "aten.any.dims", "aten.any.default", "aten.all.dim", "aten.all.dims", "aten.all.default")
+def _any_all(c: Ctx):
+    """any / all as max / min of 0-1 integers (reductions over bool are not in every backend)."""
+    kind = "max" if str(c.node.target.overloadpacket) == "aten.any" else "min"
+    x = c.tensor("self")
+    flags = c.cast(c.cast(x, "bool"), "int32")
+    reduced = c.add("reduce", [flags], "_" + kind, kind=kind, axes=_axes(c.args.get("dim"), len(c.shape(x))),
+                    keepdims=bool(c.args.get("keepdim", False)))
+    return c.add("cast", [reduced], to="bool")
+
+
 @converter("aten.max.dim", "aten.min.dim")
 def _max_dim(c: Ctx):
     kind = str(c.node.target.overloadpacket).split(".")[1]
@@ -542,9 +559,7 @@ def _max_dim(c: Ctx):
 @converter("aten.var.correction")
 def _var(c: Ctx):
     x = c.cast(c.tensor("self"), c.out_type.dtype)
-    ndim = len(c.shape(x))
-    dims = c.arg("dim")
-    axes = tuple(sorted({_axis(int(d), ndim) for d in dims})) if dims else tuple(range(ndim))
+    axes = _axes(c.arg("dim"), len(c.shape(x)))
     count = int(np.prod([c.shape(x)[a] for a in axes]))
     correction = 1 if c.arg("correction") is None else c.arg("correction")
     centered = c.add("sub", [x, c.add("reduce", [x], "_mean", kind="mean", axes=axes, keepdims=True)], "_centered")
@@ -796,7 +811,18 @@ def _convert(ep, name: str) -> Graph:
         if not isinstance(value, str):
             raise UnsupportedOpError(f"output {spec.arg} is not a tensor")
         outputs.append(value)
-    return b.finish(outputs)
+    return _prune(b.finish(outputs))
+
+
+def _prune(graph: Graph) -> Graph:
+    """Drop nodes no output depends on (the unused chunks of a split, say)."""
+    live, keep = set(graph.outputs), []
+    for node in reversed(graph.nodes):
+        if node.name in live:
+            keep.append(node)
+            live.update(node.inputs)
+    constants = {k: v for k, v in graph.constants.items() if k in live}
+    return dataclasses.replace(graph, nodes=tuple(reversed(keep)), constants=constants)
 
 
 def from_exported_program(ep: "torch.export.ExportedProgram", *, name: str = "main") -> Graph:

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 import uuid
+import weakref
 from collections import deque
 from multiprocessing.connection import wait
 from typing import Sequence
@@ -40,6 +41,7 @@ class LocalBuilder:
     def __init__(self, config: BuilderConfig = BuilderConfig()):
         self.config = config
         self._dir = tempfile.mkdtemp(prefix="tilecraft-build-")
+        self._remove_dir = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)  # if never closed
         self._workers = [WorkerProcess(f"{__name__}:serve") for _ in range(max(1, config.workers))]
         self._mod_json: dict[str, str] = {}  # workload key -> tvm.ir.save_json(task.mod)
         self._counter = itertools.count()
@@ -114,7 +116,7 @@ class LocalBuilder:
     def close(self) -> None:
         for w in self._workers:
             w.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._remove_dir()
 
     def __enter__(self) -> "LocalBuilder":
         return self

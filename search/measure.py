@@ -115,7 +115,7 @@ class Measurer:
         builds = self.builder.build(task, candidates, self.target)
         good = [i for i, b in enumerate(builds) if b.ok]
         try:
-            runs = self.runner.run(task, [builds[i] for i in good], self.target)
+            runs = self.runner.run(task, [builds[i] for i in good], self.target) if good else []
         finally:
             for b in builds:  # every artifact has a unique name and is used once
                 if b.artifact:
@@ -226,7 +226,10 @@ class WorkerProcess:
         self.kill()
 
     def death_message(self) -> str:
-        code = self._proc.wait(timeout=10) if self._proc is not None else None
+        try:
+            code = self._proc.wait(timeout=10) if self._proc is not None else None
+        except subprocess.TimeoutExpired:  # closed its socket but lingers: killed on restart
+            return "worker stopped answering"
         if code is not None and code < 0:
             return f"worker killed by {signal.Signals(-code).name}"
         return f"worker exited with code {code} (see its stderr)"

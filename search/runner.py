@@ -136,6 +136,8 @@ class LocalRunner:
         self._references = _References(config.reference_timeout_s)
 
     def run(self, task: Task, builds: Sequence[BuildResult], target: Target) -> list[MeasureResult]:
+        if not any(b.ok for b in builds):
+            return [b.as_failure() for b in builds]
         reference = self._references.get(task, self._worker) if self.config.check_correctness else None
         results = []
         for b in builds:
@@ -189,6 +191,8 @@ class RPCRunner:
         self._references = _References(config.reference_timeout_s)
 
     def run(self, task: Task, builds: Sequence[BuildResult], target: Target) -> list[MeasureResult]:
+        if not any(b.ok for b in builds):
+            return [b.as_failure() for b in builds]
         reference = self._references.get(task, self._local) if self.config.check_correctness else None
         results: list[MeasureResult | None] = [b.as_failure() if not b.ok else None for b in builds]
         if isinstance(reference, MeasureResult):

@@ -117,6 +117,30 @@ class EncoderBlock(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class DecoderBlock(nn.Module):
+    """Llama-style block: RMSNorm, causal grouped-query attention, SiLU-gated MLP."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, kv_heads: int = 2):
+        super().__init__()
+        self.heads, self.kv_heads, self.hd = heads, kv_heads, dim // heads
+        self.norm1, self.norm2 = nn.RMSNorm(dim, eps=1e-6), nn.RMSNorm(dim, eps=1e-6)
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(dim, 2 * kv_heads * self.hd, bias=False)
+        self.o = nn.Linear(dim, dim, bias=False)
+        self.gate, self.up = nn.Linear(dim, 2 * dim, bias=False), nn.Linear(dim, 2 * dim, bias=False)
+        self.down = nn.Linear(2 * dim, dim, bias=False)
+
+    def forward(self, x):
+        b, s, d = x.shape
+        h = self.norm1(x)
+        q = self.q(h).view(b, s, self.heads, self.hd).transpose(1, 2)
+        k, v = self.kv(h).view(b, s, 2, self.kv_heads, self.hd).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        x = x + self.o(a.transpose(1, 2).reshape(b, s, d))
+        h = self.norm2(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
 class AttentionVariants(nn.Module):
     """Causal, additive-mask and boolean-mask SDPA over the same q, k, v."""
 
@@ -162,6 +186,10 @@ def _torch_encoder():
     return layer, (torch.randn(2, 5, 16),)
 
 
+def _decoder():
+    return DecoderBlock(), (torch.randn(2, 6, 32),)
+
+
 def _attention():
     q, k, v = (torch.randn(2, 3, 6, 8) for _ in range(3))
     return AttentionVariants(), (q, k, v, torch.randn(6, 6))
@@ -173,7 +201,7 @@ def _embedding():
 
 MODELS: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "resnet": _resnet, "mobilenet_v2": _mobilenet, "encoder_block": _encoder, "torch_encoder_layer": _torch_encoder,
-    "attention": _attention, "embedding": _embedding,
+    "decoder_block": _decoder, "attention": _attention, "embedding": _embedding,
 }
 
 
@@ -203,8 +231,15 @@ def assert_matches_eager(graph: Graph, module: nn.Module, inputs: tuple, *, rel:
         assert err <= rel * scale, f"output {k}: max abs err {err:.3g} > {rel} x {scale:.3g}"
 
 
+def assert_no_dead_nodes(graph: Graph) -> None:
+    used = {i for n in graph.nodes for i in n.inputs} | set(graph.outputs)
+    assert [n.name for n in graph.nodes if n.name not in used] == []
+
+
 def import_and_check(module: nn.Module, inputs: tuple) -> Graph:
+    """from_torch + verify + no dead nodes + numerics against eager."""
     graph = verify(from_torch(module, inputs))
+    assert_no_dead_nodes(graph)
     assert_matches_eager(graph, module, inputs)
     return graph
 
@@ -218,7 +253,7 @@ def test_model_matches_eager(name):
 
 
 def test_resnet_ops():
-    graph = from_torch(*build_model("resnet"))
+    graph = verify(from_torch(*build_model("resnet")))
     ops = graph.op_counts()
     assert ops["conv2d"] == 6 and ops["batch_norm"] == 6 and ops["relu"] == 5
     pools = [n for n in graph.nodes if n.op == "pool2d"]
@@ -232,7 +267,7 @@ def test_resnet_ops():
 
 
 def test_mobilenet_ops():
-    graph = from_torch(*build_model("mobilenet_v2"))
+    graph = verify(from_torch(*build_model("mobilenet_v2")))
     convs = [n for n in graph.nodes if n.op == "conv2d"]
     depthwise = [n for n in convs if n.attr("groups") > 1]
     assert len(depthwise) == 3 and all(n.attr("groups") == n.type.shape[1] for n in depthwise)
@@ -240,7 +275,7 @@ def test_mobilenet_ops():
 
 
 def test_encoder_block_keeps_attention_whole():
-    graph = from_torch(*build_model("encoder_block"))
+    graph = verify(from_torch(*build_model("encoder_block")))
     ops = graph.op_counts()
     assert ops["attention"] == 1 and ops["layer_norm"] == 2 and "softmax" not in ops
     gelu = [n for n in graph.nodes if n.op == "gelu"]
@@ -249,8 +284,15 @@ def test_encoder_block_keeps_attention_whole():
     assert att.attr("scale") == pytest.approx(1 / np.sqrt(8)) and not att.attr("causal")
 
 
+def test_decoder_block_gqa_causal():
+    graph = verify(from_torch(*build_model("decoder_block")))
+    (att,) = [n for n in graph.nodes if n.op == "attention"]
+    assert att.attr("causal") and len(att.inputs) == 3
+    assert [graph.type_of(i).shape for i in att.inputs] == [(2, 4, 6, 8)] * 3  # kv heads repeated for GQA
+
+
 def test_attention_variants():
-    graph = from_torch(*build_model("attention"))
+    graph = verify(from_torch(*build_model("attention")))
     atts = [n for n in graph.nodes if n.op == "attention"]
     assert len(atts) == 3
     assert [n.attr("causal") for n in atts] == [True, False, False]
@@ -289,7 +331,7 @@ class OpZoo(nn.Module):
         self.register_buffer("table", torch.arange(12.0).reshape(3, 4))
 
     def forward(self, x, img, idx):
-        a, b, c = x.split([2, 3, 3], dim=-1)
+        a, b, c, _unused = x.split([2, 3, 2, 1], dim=-1)
         outs = [
             torch.cat([c, a, b], -1)[:, 1:3, ::2].select(1, 0),
             x.transpose(1, 2).contiguous().view(2, -1),
@@ -327,6 +369,16 @@ def test_op_zoo_matches_eager():
     graph = import_and_check(module, inputs)
     ops = graph.op_counts()
     assert {"conv2d", "batch_norm", "layer_norm", "pool2d", "gather", "concat", "slice", "pad", "where"} <= set(ops)
+
+
+def test_round_half_to_even_and_integer_ops():
+    class M(nn.Module):
+        def forward(self, x, n):
+            return x.round(), n // 3, n * 2 - 1, (n > 2) & (n < 7), n.float() / 4
+
+    x = torch.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.4, -0.6, 3.5, 1e6 + 0.5])
+    n = torch.tensor([-7, -1, 0, 4, 9, 11, 3, 5, 6, 8])
+    import_and_check(M(), (x, n))
 
 
 # =========================================================================== errors, persistence, packaging
@@ -375,6 +427,16 @@ def test_pt2_round_trip(tmp_path):
     assert [t.shape for _, t in graph.inputs] == [(1, 3, 16, 16)]
     assert_matches_eager(graph, module, inputs)
     assert graph.fingerprint() == from_torch(module, inputs, name="mnv2").fingerprint()
+
+
+def test_pt2_saved_after_full_decomposition(tmp_path):
+    """A program decomposed with torch's default table has SDPA spelled out (with _safe_softmax's any.dim)."""
+    module, inputs = build_model("attention")
+    path = tmp_path / "decomposed.pt2"
+    torch.export.save(torch.export.export(module, inputs).run_decompositions(), path)
+    graph = verify(load_pt2(path))
+    assert "attention" not in graph.op_counts() and "softmax" in graph.op_counts()
+    assert_matches_eager(graph, module, inputs)
 
 
 def test_pt2_dynamic_shape_is_a_shape_error(tmp_path):

@@ -1,0 +1,160 @@
+"""Schedules for the fused attention kernel (`compiler/lower_attention.py`).
+
+The kernel is hand-written TensorIR: one `attention_tile` block per (batch..., query
+tile), inside it the online-softmax steps as named blocks.  The generic rules know none of
+that, so two sketch rules take it over:
+
+  attention_cpu   parallel over batch x heads x query tiles; register tiles for the two
+                  matmuls (R query rows x a vector of keys for Q.K^T, R rows x a vector of Dv
+                  for P.V) with the accumulator tile computed at the row-tile loop so it
+                  lives in registers; the elementwise and partial-reduction steps vectorized;
+                  auto-unroll.  Holes: R and the vector tile of each matmul, the unroll depth.
+  attention_gpu   one thread block per query tile, one thread per query row (the per-row
+                  state in registers / local memory), the K tile in shared memory loaded by
+                  all threads.
+  attention_inner claims every inner block (no-op) so that the generic rules, which run per
+                  block, leave the hand-written structure alone.
+
+`default_attention_schedule(task, target)` is the deterministic schedule (the rule with the
+heuristic decisions); the search samples the same holes through `SketchContext`.
+The query/key tile sizes themselves are fixed when the kernel is generated.
+"""
+
+from __future__ import annotations
+
+from tvm.s_tir import Schedule
+
+from ..compiler.lower_attention import FUNC_ATTR, TILE_BLOCK
+from ..targets.base import Target
+from .sketch import Outcome, Rule, SketchContext, block_names, decompose_reductions, new_schedule, register_rule
+
+UNROLL_STEPS = (0, 16, 64, 512)
+MAX_REGISTER_ROWS = 8
+VECTORIZED = ("q_load", "acc_init", "k_load", "prob", "acc_copy", "store")  # elementwise steps
+PARTIAL_REDUCTIONS = ("row_max_part", "row_sum_part")  # [rows, lanes] partial max / sum
+PER_ROW_GPU = ("q_load", "state_init", "acc_init", "score", "logits", "row_max_part", "row_max", "prob", "row_sum_part",
+               "row_sum", "state_update", "pv", "acc_update", "acc_copy", "store")  # outermost own loop: query row
+
+
+def is_attention(sch: Schedule) -> bool:
+    attrs = sch.mod["main"].attrs
+    return attrs is not None and FUNC_ATTR in attrs
+
+
+def _extent(sch: Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return next(f for f in range(min(n, limit), 0, -1) if n % f == 0)
+
+
+# --------------------------------------------------------------------------- CPU
+def schedule_attention_cpu(sch: Schedule, ctx: SketchContext) -> None:
+    tile = sch.get_sblock(TILE_BLOCK)
+    loops = sch.get_loops(tile)
+    outer = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    sch.parallel(outer)
+    step = ctx.choose(sch, UNROLL_STEPS, default_index=1)
+    sch.annotate(outer, "pragma_auto_unroll_max_step", step)
+    sch.annotate(outer, "pragma_unroll_explicit", 1)
+    _register_tile(sch, ctx, "score", consumer="logits", order=("qo", "d", "qi", "kj"))
+    _register_tile(sch, ctx, "pv", consumer="acc_update", order=("qo", "kj", "qi", "dv"))
+    for name in PARTIAL_REDUCTIONS:  # lanes innermost: one vector max / add per key chunk
+        block = sch.get_sblock(name)
+        _, ko, lane = sch.get_loops(block)[-3:]
+        if _extent(sch, lane) > 1:
+            sch.vectorize(lane)
+        sch.decompose_reduction(block, ko)
+    for name in VECTORIZED:
+        inner = sch.get_loops(sch.get_sblock(name))[-1]
+        if _extent(sch, inner) > 1:
+            sch.vectorize(inner)
+
+
+def _register_tile(sch: Schedule, ctx: SketchContext, name: str, *, consumer: str, order: tuple[str, ...]) -> None:
+    """Tile a [rows x cols] += a[rows, r] * b[r, cols] block: R rows x a vector of cols per
+    register tile, the reduction between them, the consumer (which reads the accumulator)
+    computed per row tile so the accumulator shrinks to R x cols and stays in registers."""
+    block = sch.get_sblock(name)
+    rows, first, second = sch.get_loops(block)[-3:]  # score: qi, d, kj   pv: qi, kj, dv
+    reduce_loop, col = (first, second)
+    n_rows, n_cols = _extent(sch, rows), _extent(sch, col)
+    r = _largest_divisor(n_rows, 4)
+    row_o, row_i = sch.split(rows, ctx.tile(sch, rows, 2, max_innermost=MAX_REGISTER_ROWS, default=[n_rows // r, r]))
+    lanes = max(ctx.lanes, 1)
+    vec = _largest_divisor(n_cols, 4 * lanes)
+    col_o, col_i = sch.split(col, ctx.tile(sch, col, 2, max_innermost=4 * lanes, default=[n_cols // vec, vec]))
+    sch.reorder(row_o, col_o, reduce_loop, row_i, col_i)
+    cons = sch.get_sblock(consumer)
+    sch.reverse_compute_at(cons, col_o)
+    sch.vectorize(sch.get_loops(cons)[-1])
+    sch.vectorize(col_i)
+    sch.unroll(row_i)
+    sch.decompose_reduction(block, reduce_loop)
+
+
+# --------------------------------------------------------------------------- GPU
+# buffer -> the block that writes it: set_scope goes through a writer
+SHARED = {"kt": "k_load"}  # read by every row's thread
+LOCAL = {"qs": "q_load", "sacc": "score", "s": "logits", "p": "prob", "mpart": "row_max_part", "lpart": "row_sum_part",
+         "m": "state_init", "l": "state_init", "mnew": "row_max", "lsum": "row_sum", "alpha": "state_update",
+         "oblk": "pv", "accn": "acc_update", "acc": "acc_init"}  # one query row's state: its thread's own
+
+
+def schedule_attention_gpu(sch: Schedule, ctx: SketchContext) -> None:
+    """blockIdx.x = (batch, query tile); threadIdx.x = query row; the K tile in shared memory."""
+    tile = sch.get_sblock(TILE_BLOCK)
+    loops = sch.get_loops(tile)
+    outer = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    sch.bind(outer, "blockIdx.x")
+    enclosing = {sch.get(lp) for lp in sch.get_loops(sch.get_sblock("kv_step"))}  # the tile and key-tile loops
+    rows = None
+    for name in PER_ROW_GPU:  # every step's outermost own loop runs over the tile's query rows
+        own = [lp for lp in sch.get_loops(sch.get_sblock(name)) if sch.get(lp) not in enclosing]
+        rows = rows or _extent(sch, own[0])
+        sch.bind(own[0], "threadIdx.x")
+    k_load = sch.get_sblock("k_load")
+    _, tx = sch.split(sch.fuse(*sch.get_loops(k_load)[-2:]), [None, rows])
+    sch.bind(tx, "threadIdx.x")
+    for table, scope in ((SHARED, "shared"), (LOCAL, "local")):
+        for buffer, writer in table.items():
+            block = sch.get_sblock(writer)
+            index = next(i for i, r in enumerate(sch.get(block).writes) if r.buffer.name == buffer)
+            sch.set_scope(block, index, scope)
+    step = ctx.choose(sch, UNROLL_STEPS, default_index=1)
+    sch.annotate(outer, "pragma_auto_unroll_max_step", step)
+    sch.annotate(outer, "pragma_unroll_explicit", 1)
+
+
+# --------------------------------------------------------------------------- rules
+def _main_condition(gpu: bool):
+    def condition(sch: Schedule, block: str, ctx: SketchContext) -> Outcome:
+        if block != TILE_BLOCK or not is_attention(sch) or ctx.target.is_gpu != gpu:
+            return Outcome.SKIP
+        return Outcome.APPLY_AND_SKIP_REST
+
+    return condition
+
+
+def _inner_condition(sch: Schedule, block: str, ctx: SketchContext) -> Outcome:
+    return Outcome.APPLY_AND_SKIP_REST if block != TILE_BLOCK and is_attention(sch) else Outcome.SKIP
+
+
+register_rule(Rule("attention_cpu", _main_condition(False), lambda sch, block, ctx, variant: schedule_attention_cpu(sch, ctx)))
+register_rule(Rule("attention_gpu", _main_condition(True), lambda sch, block, ctx, variant: schedule_attention_gpu(sch, ctx)))
+register_rule(Rule("attention_inner", _inner_condition, lambda sch, block, ctx, variant: None))
+
+ATTENTION_RULES = ("attention_inner", "attention_cpu", "attention_gpu")  # put these first in target.rules
+
+
+def default_attention_schedule(task, target: Target) -> Schedule:
+    """The deterministic schedule of an attention task (the rule with its default decisions)."""
+    ctx = SketchContext(target, deterministic=True)
+    sch = new_schedule(task.mod)
+    if target.is_gpu:
+        schedule_attention_gpu(sch, ctx)
+    else:
+        schedule_attention_cpu(sch, ctx)
+    decompose_reductions(sch)
+    return sch
