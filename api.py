@@ -125,12 +125,13 @@ class _Unrunnable(Module):
 def tune(model, *, target: "str | Target" = "llvm", trials: int = 200, database: "str | os.PathLike" = "tilecraft.db",
          no_fuse: Iterable[str] = (), input_shapes: dict[str, tuple[int, ...]] | None = None,
          example_inputs: tuple | None = None, seed: int = 0, rpc_tracker: str | None = None,
-         rpc_key: str | None = None, progress: bool = True, time_budget_s: float | None = None):
+         rpc_key: str | None = None, progress: bool = True, time_budget_s: float | None = None,
+         strategy: str = "evolutionary", scheduler: str = "gradient", batch_size: int = 16):
     """Tune every task of a model for `trials` measurements in total; records go to `database`."""
     from .search.tuner import TuneConfig, tune_prepared
 
     prepared = model if isinstance(model, Prepared) else prepare(
         model, target=target, no_fuse=no_fuse, input_shapes=input_shapes, example_inputs=example_inputs)
     config = TuneConfig(trials=trials, seed=seed, rpc_tracker=rpc_tracker, rpc_key=rpc_key, progress=progress,
-                        time_budget_s=time_budget_s)
+                        time_budget_s=time_budget_s, strategy=strategy, scheduler=scheduler, batch_size=batch_size)
     return tune_prepared(prepared, database=database, config=config)

@@ -45,6 +45,10 @@ def _tune_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="measure on devices registered at this TVM RPC tracker")
     p.add_argument("--rpc-key", default=None, help="device key at the RPC tracker")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop tuning after this long")
+    p.add_argument("--strategy", default="evolutionary", choices=["evolutionary", "random"],
+                   help="search policy per task: cost-model-guided evolution, or plain random sampling")
+    p.add_argument("--scheduler", default="gradient", choices=["gradient", "round_robin"],
+                   help="how trials are split across tasks")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -62,7 +66,8 @@ def tune_command(args: argparse.Namespace) -> int:
         raise InputError("--trials must be >= 0")
     if args.trials > 0:
         result = api.tune(prepared, trials=args.trials, database=args.db, seed=args.seed, rpc_tracker=args.rpc_tracker,
-                          rpc_key=args.rpc_key, progress=not args.quiet, time_budget_s=args.time_budget)
+                          rpc_key=args.rpc_key, progress=not args.quiet, time_budget_s=args.time_budget,
+                          strategy=args.strategy, scheduler=args.scheduler)
         say(result.summary() if hasattr(result, "summary") else result)
     db = args.db if (args.trials > 0 or os.path.exists(args.db)) else None
     module, report = api.build_prepared(prepared, database=db)

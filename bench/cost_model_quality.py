@@ -113,6 +113,355 @@ def collect(tasks, target, db, *, per_task: int, batch: int = 32, seed: int = 0)
                       f"batch best {best:.1f} GFLOP/s, {time.time() - t0:.1f} s)", flush=True)
 
 
+def retest(tasks, target, db, retest_db, *, per_task: int, seed: int = 0) -> None:
+    """Measure `per_task` already measured candidates of each task a second time, later and in another
+    order, into `retest_db`: how well two sessions on this (shared, busy) machine agree bounds any model."""
+    from tilecraft import __version__
+    from tilecraft.search.measure import Measurer, RunnerConfig
+    from tilecraft.search.measure_types import Record
+
+    rng = np.random.default_rng(seed)
+    runner = RunnerConfig(number=1, repeat=3, min_repeat_ms=30, timeout_s=20.0, check_correctness=False)
+    with Measurer.local(target, runner_config=runner) as measurer:
+        for task in tasks:
+            if retest_db.count(task.workload_key, target.key) >= per_task:
+                continue
+            records = [r for r in db.records(task.workload_key, target.key)]
+            picked = [records[i] for i in rng.permutation(len(records))[:per_task]]
+            retest_db.add_workload(task)
+            for start in range(0, len(picked), 32):
+                batch = picked[start:start + 32]
+                results = measurer.measure(task, [r.candidate for r in batch])
+                retest_db.commit([Record(task.workload_key, target.key, r.candidate, res, task.name,
+                                         f"tilecraft {__version__}") for r, res in zip(batch, results)])
+            print(f"  retest {task.name}: {len(picked)} re-measured", flush=True)
+
+
+def test_retest_agreement(task, target, db, retest_db) -> tuple[int, float]:
+    """(candidates, pairwise agreement of the two sessions' mean costs)."""
+    from tilecraft.cost_model.base import cost_of
+    from tilecraft.search.database import trace_hash
+
+    first = {trace_hash(r.candidate.trace_json): cost_of(r.result) for r in db.records(task.workload_key, target.key)}
+    pairs = [(first[h], cost_of(r.result)) for r in retest_db.records(task.workload_key, target.key)
+             if (h := trace_hash(r.candidate.trace_json)) in first]
+    if len(pairs) < 10:
+        return len(pairs), float("nan")
+    a, b = (np.asarray(x) for x in zip(*pairs))
+    with np.errstate(divide="ignore"):
+        return len(pairs), pairwise_accuracy(1 / a, 1 / b)
+
+
+# --------------------------------------------------------------------------- metrics
+def pairwise_accuracy(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Fraction of pairs with different true throughput that the scores order the same way (score ties: 1/2)."""
+    i, j = np.triu_indices(len(truth), 1)
+    keep = truth[i] != truth[j]
+    if not keep.any():
+        return float("nan")
+    agree = np.sign(scores[i] - scores[j])[keep] * np.sign(truth[i] - truth[j])[keep]
+    return float(np.mean(np.where(agree == 0, 0.5, agree > 0)))
+
+
+def top_k_recall(scores: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """|true top-k  ∩  predicted top-k| / k over the test candidates (ties broken by index)."""
+    k = min(k, len(truth))
+    true_top = set(np.argsort(-truth, kind="stable")[:k])
+    pred_top = set(np.argsort(-scores, kind="stable")[:k])
+    return len(true_top & pred_top) / k
+
+
+def best_of_top_k(scores: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Best true throughput among the predicted top-k, over the best of the test set."""
+    pred_top = np.argsort(-scores, kind="stable")[:min(k, len(truth))]
+    return float(truth[pred_top].max() / truth.max()) if truth.max() > 0 else float("nan")
+
+
+METRICS = ("pairwise", "recall@1", "recall@5", "recall@10", "best@10")
+
+
+def metrics(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    return {"pairwise": pairwise_accuracy(scores, truth), "recall@1": top_k_recall(scores, truth, 1),
+            "recall@5": top_k_recall(scores, truth, 5), "recall@10": top_k_recall(scores, truth, 10),
+            "best@10": best_of_top_k(scores, truth, 10)}
+
+
+# --------------------------------------------------------------------------- evaluation
+def load_dataset(tasks, target, db) -> list[tuple]:
+    """[(task, candidates, costs, repeats)] with costs in seconds (inf = failed)."""
+    from tilecraft.cost_model.base import cost_of
+
+    out = []
+    for task in tasks:
+        records = db.records(task.workload_key, target.key, include_errors=True)
+        cands = [r.candidate for r in records]
+        costs = np.asarray([cost_of(r.result) for r in records])
+        out.append((task, cands, costs, [r.result.costs for r in records]))
+    return out
+
+
+def noise_ceiling(costs: np.ndarray, repeats, rng) -> float:
+    """Pairwise agreement between two halves of the measurement itself: a random repeat vs the mean of the rest."""
+    one, rest = [], []
+    for c, reps in zip(costs, repeats):
+        if not np.isfinite(c) or len(reps) < 2:
+            one.append(0.0 if not np.isfinite(c) else 1 / c)
+            rest.append(one[-1])
+            continue
+        k = rng.integers(len(reps))
+        one.append(1 / reps[k])
+        rest.append(1 / np.mean([r for i, r in enumerate(reps) if i != k]))
+    return pairwise_accuracy(np.asarray(one), np.asarray(rest))
+
+
+def make_models(target, extractor, *, peer: bool):
+    from tilecraft.cost_model.random_model import RandomCostModel
+    from tilecraft.cost_model.xgb_model import XGBConfig, XGBCostModel
+
+    models = {
+        "XGB-rank": lambda: XGBCostModel(target, config=XGBConfig(objective="rank"), extractor=extractor),
+        "XGB-regression": lambda: XGBCostModel(target, config=XGBConfig(objective="regression"), extractor=extractor),
+        "random": lambda: RandomCostModel(seed=0),
+    }
+    if peer:
+        models["MetaSchedule XGB (peer)"] = lambda: MetaSchedulePeer(target)
+    return models
+
+
+class MetaSchedulePeer:
+    """TVM MetaSchedule's PerStoreFeature + XGBModel behind our interface: a peer for this report only."""
+
+    def __init__(self, target):
+        import logging
+
+        from tvm.s_tir import meta_schedule as ms
+
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+        self.ms, self.target = ms, target
+        self.model = ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
+                                            adaptive_training=False, num_warmup_samples=0)
+        self._contexts: dict[str, object] = {}
+        self._pending: list[tuple] = []
+
+    def _context(self, task):
+        if task.workload_key not in self._contexts:
+            self._contexts[task.workload_key] = self.ms.TuneContext(mod=task.mod, target=self.target.tvm_target,
+                                                                    task_name=task.name)
+        return self._contexts[task.workload_key]
+
+    def _measure_candidates(self, task, candidates):
+        from tilecraft.cost_model.features import replay
+
+        out = []
+        for c in candidates:
+            sch = replay(task.mod, c.trace_json)
+            out.append(self.ms.MeasureCandidate(sch, self.ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])))
+        return out
+
+    def add(self, task, candidates, results) -> None:
+        self._pending.append((task, candidates, results))
+
+    def retrain(self) -> None:  # MetaSchedule retrains on everything at each update: feed it one batch per task
+        for task, candidates, results in self._pending:
+            runner = [self.ms.runner.RunnerResult(run_secs=list(r.costs), error_msg=None) if r.ok
+                      else self.ms.runner.RunnerResult(run_secs=None, error_msg=r.message or "failed") for r in results]
+            self.model.update(self._context(task), self._measure_candidates(task, candidates), runner)
+        self._pending.clear()
+
+    def update(self, task, candidates, results) -> None:
+        self.add(task, candidates, results)
+        self.retrain()
+
+    def predict(self, task, candidates) -> np.ndarray:
+        return np.asarray(self.model.predict(self._context(task), self._measure_candidates(task, candidates)))
+
+
+def _results(costs):
+    from tilecraft.search.measure_types import ErrorKind, MeasureResult
+
+    return [MeasureResult((float(c),)) if np.isfinite(c) else MeasureResult.failure(ErrorKind.RUN, "failed") for c in costs]
+
+
+def _add(model, task, cands, results) -> None:
+    """Buffer a batch; the learned models train once after all batches (update() would retrain per batch)."""
+    if hasattr(model, "add"):
+        model.add(task, cands, results)
+    else:
+        model.update(task, cands, results)
+
+
+def _retrain(model) -> None:
+    if hasattr(model, "retrain"):
+        model.retrain()
+
+
+def evaluate_seen(data, factories, *, seeds: int = 3) -> tuple[dict, dict]:
+    """(a) 70/30 split of every task; train on all tasks' 70 %. Returns {model: {metric: mean}}, {model: {task: pairwise}}."""
+    from tilecraft.cost_model.base import normalized_throughput
+
+    table, per_task = {}, {}
+    for name, factory in factories.items():
+        rows, tasks_pw = [], {}
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            model = factory()
+            splits = []
+            for task, cands, costs, _ in data:
+                order = rng.permutation(len(cands))
+                cut = int(0.7 * len(cands))
+                splits.append((task, order[:cut], order[cut:]))
+                train_batch = (task, [cands[i] for i in order[:cut]], _results(costs[order[:cut]]))
+                _add(model, *train_batch)
+            _retrain(model)
+            for (task, cands, costs, _), (_, _, test) in zip(data, splits):
+                truth = normalized_throughput(costs[test])
+                m = metrics(model.predict(task, [cands[i] for i in test]), truth)
+                rows.append(m)
+                tasks_pw.setdefault(task.name, []).append(m["pairwise"])
+        table[name] = {k: float(np.nanmean([r[k] for r in rows])) for k in METRICS}
+        per_task[name] = {t: float(np.mean(v)) for t, v in tasks_pw.items()}
+    return table, per_task
+
+
+def evaluate_unseen(data, factories) -> tuple[dict, dict]:
+    """(b) leave one task out: train on every other task, test on all of its candidates."""
+    from tilecraft.cost_model.base import normalized_throughput
+
+    table, per_task = {}, {}
+    for name, factory in factories.items():
+        rows, tasks_pw = [], {}
+        for held in range(len(data)):
+            model = factory()
+            for i, (task, cands, costs, _) in enumerate(data):
+                if i != held:
+                    _add(model, task, cands, _results(costs))
+            _retrain(model)
+            task, cands, costs, _ = data[held]
+            m = metrics(model.predict(task, cands), normalized_throughput(costs))
+            rows.append(m)
+            tasks_pw[task.name] = m["pairwise"]
+        table[name] = {k: float(np.nanmean([r[k] for r in rows])) for k in METRICS}
+        per_task[name] = tasks_pw
+    return table, per_task
+
+
+def feature_speed(data, target) -> list[tuple[str, int, float]]:
+    """Cold-cache feature extraction per task: (task, candidates, candidates/s)."""
+    from tilecraft.cost_model.features import FeatureExtractor
+
+    out = []
+    for task, cands, _, _ in data:
+        sample = cands[:100]
+        fx = FeatureExtractor(target)
+        t0 = time.perf_counter()
+        fx.extract(task, sample)
+        out.append((task.name, len(sample), len(sample) / (time.perf_counter() - t0)))
+    return out
+
+
+def training_speed(data, target, extractor) -> list[tuple[str, int, float, float]]:
+    """(objective, samples, seconds to retrain on all of them, predictions/s over all candidates)."""
+    from tilecraft.cost_model.xgb_model import XGBConfig, XGBCostModel
+
+    out = []
+    for objective in ("rank", "regression"):
+        model = XGBCostModel(target, config=XGBConfig(objective=objective), extractor=extractor)
+        for task, cands, costs, _ in data:
+            model.add(task, cands, _results(costs))
+        t0 = time.perf_counter()
+        model.retrain()
+        train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        n = 0
+        for task, cands, _, _ in data:
+            model.predict(task, cands)  # features cached: this times the model
+            n += len(cands)
+        out.append((objective, model.num_samples, train_s, n / (time.perf_counter() - t0)))
+    return out
+
+
+# --------------------------------------------------------------------------- report
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(*, data, sessions, seen, seen_tasks, unseen, unseen_tasks, feat_speed, overall_speed, train_speed, ceiling,
+           command: str, seconds: float) -> str:
+    from tilecraft.cost_model.features import NUM_FEATURES
+
+    out = [
+        "# Cost-model quality",
+        "",
+        f"- machine: {machine()}",
+        f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+        f"- command: `{command}` ({seconds:.0f} s, dataset reused from `bench/work/cost_model.db`)",
+        f"- features: {NUM_FEATURES} per candidate (cost_model/features.py); models: XGBoost 100 rounds, depth 6",
+        "",
+        "## Dataset (random sampled candidates, measured on this CPU)",
+        "",
+        _table(["task", "candidates", "failed", "best GFLOP/s", "median GFLOP/s", "repeats agree", "sessions agree (n)"],
+               [[t.name, len(c), int((~np.isfinite(k)).sum()),
+                 float(t.flops / k[np.isfinite(k)].min() / 1e9) if np.isfinite(k).any() else 0.0,
+                 float(np.median(t.flops / k[np.isfinite(k)] / 1e9)) if np.isfinite(k).any() else 0.0, ceiling[t.name],
+                 f"{sessions[t.name][1]:.3f} ({sessions[t.name][0]})"]
+                for t, c, k, _ in data]),
+        "",
+        "How well the measurements rank themselves, i.e. a ceiling for any model's pairwise accuracy:",
+        "- repeats agree: one random repeat of each measurement vs the mean of its other repeats (same moment);",
+        "- sessions agree: the candidates re-measured later, in another order (`--retest`), vs the first session.",
+        "  The box is shared: other jobs' load changes between sessions, and a kernel parallel over both cores",
+        "  slows down whenever anything else runs, so this is the ceiling that matters.",
+        "",
+        "## (a) Unseen candidates of seen tasks (70/30 split per task, mean of 3 splits, averaged over tasks)",
+        "",
+        _table(["model", *METRICS], [[m, *[v[k] for k in METRICS]] for m, v in seen.items()]),
+        "",
+        "## (b) Unseen tasks (leave one task out, averaged over tasks)",
+        "",
+        _table(["model", *METRICS], [[m, *[v[k] for k in METRICS]] for m, v in unseen.items()]),
+        "",
+        "## Pairwise accuracy per task",
+        "",
+        _table(["task", *[f"{m} (a)" for m in seen_tasks], *[f"{m} (b)" for m in unseen_tasks]],
+               [[t.name, *[seen_tasks[m][t.name] for m in seen_tasks], *[unseen_tasks[m][t.name] for m in unseen_tasks]]
+                for t, _, _, _ in data]),
+        "",
+        "Metrics (per task over its test candidates; throughput = flops / mean cost, failures = 0):",
+        "- pairwise: over all pairs with different measured throughput, the fraction the model orders the",
+        "  same way (equal scores count 1/2);",
+        "- recall@k: |true top-k ∩ predicted top-k| / k;",
+        "- best@10: best measured throughput among the model's top 10, divided by the test set's best",
+        "  (what measuring the model's top 10 would find).",
+        "",
+        "## Speed",
+        "",
+        _table(["task", "candidates", "features/s (cold cache: replay + lower + features)"],
+               [[n, k, round(v, 1)] for n, k, v in feat_speed]),
+        "",
+        f"All {sum(len(c) for _, c, _, _ in data)} candidates: {overall_speed:.1f} candidates/s (cold cache, one process).",
+        "",
+        _table(["objective", "samples", "retrain (s)", "predictions/s (cached features)"],
+               [[o, n, round(t, 2), round(p)] for o, n, t, p in train_speed]),
+        "",
+    ]
+    return "\n".join(out)
+
+
 # --------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,15 +469,52 @@ def main(argv=None) -> int:
     parser.add_argument("--matmul-size", type=int, default=1024)
     parser.add_argument("--db", default=str(DB_PATH))
     parser.add_argument("--collect-only", action="store_true")
+    parser.add_argument("--no-collect", action="store_true", help="evaluate on what the database has")
+    parser.add_argument("--out", default=str(REPORT))
+    parser.add_argument("--no-peer", action="store_true", help="skip the MetaSchedule PerStoreFeature+XGBModel peer")
+    parser.add_argument("--retest", type=int, default=64, help="candidates per task measured a second time (noise)")
     args = parser.parse_args(argv)
+    started = time.time()
 
+    from tilecraft.cost_model.features import FeatureExtractor
     from tilecraft.search.database import Database
     from tilecraft.targets.base import resolve_target
 
     target = resolve_target("llvm")
     tasks = benchmark_tasks(matmul_size=args.matmul_size)
-    with Database(args.db) as db:
-        collect(tasks, target, db, per_task=args.per_task)
+    with Database(args.db) as db, Database(str(Path(args.db).with_suffix(".retest.db"))) as retest_db:
+        if not args.no_collect:
+            collect(tasks, target, db, per_task=args.per_task)
+            retest(tasks, target, db, retest_db, per_task=args.retest)
+        if args.collect_only:
+            return 0
+        data = [d for d in load_dataset(tasks, target, db) if len(d[1]) >= 10]
+        sessions = {t.name: test_retest_agreement(t, target, db, retest_db) for t, _, _, _ in data}
+    print(f"dataset: {[(t.name, len(c)) for t, c, _, _ in data]}", flush=True)
+    rng = np.random.default_rng(0)
+    ceiling = {t.name: noise_ceiling(k, reps, rng) for t, _, k, reps in data}
+
+    feat_speed = feature_speed(data, target)
+    print("feature speed:", feat_speed, flush=True)
+    extractor = FeatureExtractor(target)
+    t0 = time.perf_counter()
+    for task, cands, _, _ in data:
+        extractor.extract(task, cands)
+    overall = sum(len(c) for _, c, _, _ in data) / (time.perf_counter() - t0)
+
+    factories = make_models(target, extractor, peer=not args.no_peer)
+    seen, seen_tasks = evaluate_seen(data, factories)
+    print("seen:", seen, flush=True)
+    unseen, unseen_tasks = evaluate_unseen(data, factories)
+    print("unseen:", unseen, flush=True)
+    train_speed = training_speed(data, target, extractor)
+
+    command = "python bench/cost_model_quality.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    text = report(data=data, sessions=sessions, seen=seen, seen_tasks=seen_tasks, unseen=unseen, unseen_tasks=unseen_tasks,
+                  feat_speed=feat_speed, overall_speed=overall, train_speed=train_speed, ceiling=ceiling,
+                  command=command.strip(), seconds=time.time() - started)
+    Path(args.out).write_text(text)
+    print(text)
     return 0
 
 

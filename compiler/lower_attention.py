@@ -13,6 +13,12 @@ Every buffer it allocates is sized by the tile (BQ x BK, BQ x Dv, D x BK), never
 Sq x Sk.  Rows past Sq and keys past Sk (ragged last tiles) read clamped indices and are
 masked out / not stored.  A causal kernel skips key tiles that lie wholly in the future.
 
+Two structural notes.  The matmul steps sit in wrapper blocks (`qk`, `pv_acc`) whose scopes are
+stage pipelines, so the schedule can compute the accumulator's consumer per register tile
+(the online-softmax state updates elsewhere in a key step are not a pipeline).  Each wrapper
+sits under a unit loop: TVM 0.27's copy-on-write misses a block placed directly in a sequence
+inside another block, and scheduling it would then edit the caller's IRModule in place.
+
 The function is generated as TVMScript text from the shapes (broadcast batch dims make
 the index expressions shape-dependent) and parsed; its blocks are named so the attention
 schedule rules (`search/rules_attention.py`) find them.  The tile sizes are generation
@@ -94,9 +100,11 @@ def lower_attention(
     causal: bool = False,
     block_q: int | None = None,
     block_k: int | None = None,
+    fast_exp: bool = True,
     name: str = "main",
 ) -> tvm.tirx.PrimFunc:
-    """The PrimFunc (q, k, v[, mask], out) computing attention with tiles of block_q x block_k."""
+    """The PrimFunc (q, k, v[, mask], out) computing attention with tiles of block_q x block_k.
+    `fast_exp=False` uses `T.exp` (LLVM: one scalar expf call per lane) instead of the polynomial."""
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ShapeError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not fit")
     batch = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
@@ -106,7 +114,7 @@ def lower_attention(
         broadcast_shapes(mask.shape, out.shape[:-2] + (q.shape[-2], k.shape[-2]))
     bq, bk = choose_blocks(q.shape[-2], k.shape[-2], block_q=block_q, block_k=block_k)
     spec = AttentionSpec(q, k, v, out, mask, float(scale), bool(causal), bq, bk)
-    func = tvm.script.from_source(attention_script(spec))
+    func = tvm.script.from_source(attention_script(spec, fast=fast_exp))
     return func.with_attr("global_symbol", name)
 
 
@@ -208,8 +216,12 @@ def attention_script(spec: AttentionSpec, *, fast: bool = True) -> str:
     prob = exp("s[vi, vj] - mnew[vi]")
     if valid:
         prob = f"T.Select({valid}, {prob}, {zero})"
-    # causal: key tiles wholly after the query tile's last row are skipped
-    skip = f"\n                    T.where(kb * {s.block_k} <= vqo * {s.block_q} + {s.block_q - 1 + s.sk - s.sq})" if s.causal else ""
+    # causal: the key tiles wholly after the query tile's last row are not visited (a loop bound,
+    # not a predicate: the same for every row of the tile, so GPU threads can sync inside)
+    steps = str(nk)
+    if s.causal:
+        last = f"vqo * {s.block_q} + {s.block_q - 1 + s.sk - s.sq}"  # the tile's last visible key
+        steps = f"T.max(T.min(T.floordiv({last}, {s.block_k}) + 1, {nk}), 0)"
     ragged = f"\n                    T.where(vqo * {s.block_q} + qi < {s.sq})" if s.sq % s.block_q else ""
     out_val = f"T.Select(l[vi] > {zero}, acc[vi, vdv] / l[vi], {zero})"
     if s.out.dtype != acc_t:
@@ -241,6 +253,7 @@ def main({", ".join(params)}):
             mnew = T.sblock_alloc_buffer(({bq},), "{acc_t}")
             l = T.sblock_alloc_buffer(({bq},), "{acc_t}")
             lsum = T.sblock_alloc_buffer(({bq},), "{acc_t}")
+            lnew = T.sblock_alloc_buffer(({bq},), "{acc_t}")
             alpha = T.sblock_alloc_buffer(({bq},), "{acc_t}")
             accn = T.sblock_alloc_buffer(({bq}, {dv}), "{acc_t}")
             acc = T.sblock_alloc_buffer(({bq}, {dv}), "{acc_t}")
@@ -257,25 +270,26 @@ def main({", ".join(params)}):
                 with T.sblock("acc_init"):
                     vi, vdv = T.axis.remap("SS", [qi, dv])
                     acc[vi, vdv] = {zero}
-            for kb in range({nk}):
+            for kb in range({steps}):
                 with T.sblock("{STEP_BLOCK}"):
-                    vkb = T.axis.reduce({nk}, kb){skip}
+                    vkb = T.axis.reduce({nk}, kb)
                     for d, kj in T.grid({d}, {bk}):
                         with T.sblock("k_load"):
                             vd, vj = T.axis.remap("SS", [d, kj])
                             kt[vd, vj] = {load("k", s.k, [ccol, "vd"])}
-                    with T.sblock("qk"):
-                        sacc = T.sblock_alloc_buffer(({bq}, {bk}), "{acc_t}")
-                        for qi, d, kj in T.grid({bq}, {d}, {bk}):
-                            with T.sblock("score"):
-                                vi, vj, vd = T.axis.remap("SSR", [qi, kj, d])
-                                with T.init():
-                                    sacc[vi, vj] = {zero}
-                                sacc[vi, vj] = sacc[vi, vj] + qs[vi, vd] * kt[vd, vj]
-                        for qi, kj in T.grid({bq}, {bk}):
-                            with T.sblock("logits"):
-                                vi, vj = T.axis.remap("SS", [qi, kj])
-                                s[vi, vj] = {logit}
+                    for z in range(1):  # a loop above each wrapper block: see the note at the top
+                        with T.sblock("qk"):
+                            sacc = T.sblock_alloc_buffer(({bq}, {bk}), "{acc_t}")
+                            for qi, d, kj in T.grid({bq}, {d}, {bk}):
+                                with T.sblock("score"):
+                                    vi, vj, vd = T.axis.remap("SSR", [qi, kj, d])
+                                    with T.init():
+                                        sacc[vi, vj] = {zero}
+                                    sacc[vi, vj] = sacc[vi, vj] + qs[vi, vd] * kt[vd, vj]
+                            for qi, kj in T.grid({bq}, {bk}):
+                                with T.sblock("logits"):
+                                    vi, vj = T.axis.remap("SS", [qi, kj])
+                                    s[vi, vj] = {logit}
                     for qi, ko, lane in T.grid({bq}, {bk // ln}, {ln}):
                         with T.sblock("row_max_part"):
                             vi, vo, vl = T.axis.remap("SRS", [qi, ko, lane])
@@ -308,24 +322,29 @@ def main({", ".join(params)}):
                         with T.sblock("state_update"):
                             vi = T.axis.remap("S", [qi])
                             alpha[vi] = {exp("m[vi] - mnew[vi]")}
-                            l[vi] = l[vi] * {exp("m[vi] - mnew[vi]")} + lsum[vi]
-                            m[vi] = mnew[vi]
-                    with T.sblock("pv_acc"):
-                        oblk = T.sblock_alloc_buffer(({bq}, {dv}), "{acc_t}")
-                        for qi, kj, dv in T.grid({bq}, {bk}, {dv}):
-                            with T.sblock("pv"):
-                                vi, vdv, vj = T.axis.remap("SSR", [qi, dv, kj])
-                                with T.init():
-                                    oblk[vi, vdv] = {zero}
-                                oblk[vi, vdv] = oblk[vi, vdv] + p[vi, vj] * {load("v", s.v, [ccol, "vdv"])}
-                        for qi, dv in T.grid({bq}, {dv}):
-                            with T.sblock("acc_update"):
-                                vi, vdv = T.axis.remap("SS", [qi, dv])
-                                accn[vi, vdv] = acc[vi, vdv] * alpha[vi] + oblk[vi, vdv]
+                            lnew[vi] = l[vi] * {exp("m[vi] - mnew[vi]")} + lsum[vi]
+                    for z in range(1):
+                        with T.sblock("pv_acc"):
+                            oblk = T.sblock_alloc_buffer(({bq}, {dv}), "{acc_t}")
+                            for qi, kj, dv in T.grid({bq}, {bk}, {dv}):
+                                with T.sblock("pv"):
+                                    vi, vdv, vj = T.axis.remap("SSR", [qi, dv, kj])
+                                    with T.init():
+                                        oblk[vi, vdv] = {zero}
+                                    oblk[vi, vdv] = oblk[vi, vdv] + p[vi, vj] * {load("v", s.v, [ccol, "vdv"])}
+                            for qi, dv in T.grid({bq}, {dv}):
+                                with T.sblock("acc_update"):
+                                    vi, vdv = T.axis.remap("SS", [qi, dv])
+                                    accn[vi, vdv] = acc[vi, vdv] * alpha[vi] + oblk[vi, vdv]
                     for qi, dv in T.grid({bq}, {dv}):
                         with T.sblock("acc_copy"):
                             vi, vdv = T.axis.remap("SS", [qi, dv])
                             acc[vi, vdv] = accn[vi, vdv]
+                    for qi in range({bq}):
+                        with T.sblock("state_copy"):
+                            vi = T.axis.remap("S", [qi])
+                            m[vi] = mnew[vi]
+                            l[vi] = lnew[vi]
             for qi, dv in T.grid({bq}, {dv}):
                 with T.sblock("store"):
                     vi, vdv = T.axis.remap("SS", [qi, dv]){ragged}

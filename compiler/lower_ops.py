@@ -255,10 +255,12 @@ def _pool2d(inputs, attrs, out_type):
         return te.compute(out_type.shape, lambda n, c, y, z: te.max(window(n, c, y, z), axis=[ry, rx]), name="pool_max")
     total = te.compute(out_type.shape, lambda n, c, y, z: te.sum(window(n, c, y, z), axis=[ry, rx]), name="pool_sum")
     if attrs.get("count_include_pad"):
-        # the window is clipped to the (explicitly) padded input, as ONNX Runtime does
+        # the window is clipped to the explicitly padded input (not ceil_mode's extra), as ONNX Runtime does
+        eb, er = attrs.get("ceil_extra", (0, 0))
+
         def count(y, z):
-            ch = tirx.min(y * sh + (kh - 1) * dh + 1, h + pt + pb) - y * sh
-            cw = tirx.min(z * sw + (kw - 1) * dw + 1, w + pl + pr) - z * sw
+            ch = tirx.min(y * sh + (kh - 1) * dh + 1, h + pt + pb - eb) - y * sh
+            cw = tirx.min(z * sw + (kw - 1) * dw + 1, w + pl + pr - er) - z * sw
             return ((ch + dh - 1) // dh * ((cw + dw - 1) // dw)).astype(_dt(x))
     else:
         def count(y, z):
@@ -452,7 +454,7 @@ def _resize(inputs, attrs, out_type):
     in_shape, out_shape = [int(d) for d in x.shape], out_type.shape
     roi = attrs.get("roi") or (0.0,) * nd + (1.0,) * nd
     mode, coord = attrs["mode"], attrs["coord_mode"]
-    acc = "float64" if dtype == "float64" else "float32"
+    acc = "float64" if dtype == "float64" else "float32"  # interpolation; coordinates are float64
 
     def kernel(d):
         d = tirx.abs(d)
@@ -472,13 +474,13 @@ def _resize(inputs, attrs, out_type):
         axis_roi = (roi[a], roi[a + nd])
         if resize_axis_is_identity(n_in, n_out, scale, coord, axis_roi):
             return [(i, None)], None
-        src = resize_source_index(i.astype(acc), n_in, n_out, scale, coord, axis_roi)
+        src = resize_source_index(i.astype("float64"), n_in, n_out, scale, coord, axis_roi)
         outside = tirx.Or(src < 0.0, src > float(n_in - 1)) if coord == "tf_crop_and_resize" else None
         if mode == "nearest":
             return [(clamp(_nearest(src, attrs.get("nearest_mode", "round_prefer_floor")).astype("int64"), n_in), None)], outside
         s, start, taps = resize_window(mode, scale, attrs.get("antialias", False))
         idx = [tirx.floor(src).astype("int64") + (start + t) for t in range(taps)]
-        w = [kernel((j.astype(acc) - src) * s) for j in idx]
+        w = [kernel(((j.astype("float64") - src) * s).astype(acc)) for j in idx]
         if attrs.get("exclude_outside"):
             w = [tirx.Select(tirx.all(j >= 0, j < n_in), wj, _const(0, acc)) for j, wj in zip(idx, w)]
         if attrs.get("exclude_outside") or attrs.get("antialias"):  # else the weights already sum to 1

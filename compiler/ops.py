@@ -252,7 +252,9 @@ register("batch_norm", ELEMWISE, _same, _bn_eval)
 
 
 # ---------------------------------------------------------------------------
-# pooling (NCHW); pads = (top, left, bottom, right), already adjusted for ceil_mode
+# pooling (NCHW); pads = (top, left, bottom, right), already adjusted for ceil_mode.  ceil_extra =
+# (bottom, right): the part of those pads added only to reach ceil_mode's output size, which
+# count_include_pad does not count (ONNX Runtime, PyTorch)
 def _pool_infer(inputs, attrs):
     x = inputs[0]
     (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = attrs["kernel"], attrs["strides"], attrs["pads"], attrs["dilations"]
@@ -266,8 +268,13 @@ def _pool_eval(inputs, attrs):
     (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = attrs["kernel"], attrs["strides"], attrs["pads"], attrs["dilations"]
     kind = attrs["kind"]
     fill = -np.inf if kind == "max" else 0.0
+    pb, pr = max(pb, 0), max(pr, 0)  # a negative high pad (ceil_mode) only shortens the output
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=fill)
-    ones = np.pad(np.ones(x.shape[2:]), ((pt, pb), (pl, pr)))
+    if attrs.get("count_include_pad"):
+        eb, er = attrs.get("ceil_extra", (0, 0))
+        ones = np.pad(np.ones((x.shape[2] + pt + pb - eb, x.shape[3] + pl + pr - er)), ((0, eb), (0, er)))
+    else:
+        ones = np.pad(np.ones(x.shape[2:]), ((pt, pb), (pl, pr)))
     out_t = _pool_infer([TensorType(x.shape, "float32")], attrs)
     oh, ow = out_t.shape[2:]
     acc = np.full((x.shape[0], x.shape[1], oh, ow), fill)
@@ -279,7 +286,7 @@ def _pool_eval(inputs, attrs):
             acc = np.maximum(acc, patch) if kind == "max" else acc + patch
             cnt += ones[sl]
     if kind == "avg":
-        acc = acc / (kh * kw if attrs.get("count_include_pad") else cnt)
+        acc = acc / np.maximum(cnt, 1)
     return acc.astype(inputs[0].dtype)
 
 
@@ -457,22 +464,25 @@ RESIZE_SUPPORT = {"linear": 1.0, "cubic": 2.0}  # kernel radius
 
 
 def resize_source_index(o, n_in: int, n_out: int, scale: float, coord_mode: str, roi=(0.0, 1.0)):
-    """Source coordinate of output index `o` (a float numpy array or a float PrimExpr): arithmetic only."""
+    """Source coordinate of output index `o` (a float64 numpy array or PrimExpr), in the ONNX reference's
+    operation order so that nearest rounding ties break the same way.  Arithmetic only."""
+    width = scale * n_in  # the unrounded output size
     if coord_mode == "align_corners":
-        return o * ((n_in - 1) / (n_out - 1)) if n_out > 1 else o * 0.0
+        return o * 0.0 if width == 1 else o * (n_in - 1) / (width - 1)
     if coord_mode == "asymmetric":
-        return o * (1.0 / scale)
+        return o / scale
     if coord_mode == "pytorch_half_pixel":
-        return (o + 0.5) * (1.0 / scale) - 0.5 if n_out > 1 else o * 0.0 - 0.5
+        return o * 0.0 - 0.5 if width == 1 else (o + 0.5) / scale - 0.5
     if coord_mode == "tf_crop_and_resize":
         lo, hi = roi
-        if n_out == 1:
-            return o * 0.0 + (hi - lo) * (n_in - 1) / 2 + lo * (n_in - 1)
-        return o * ((hi - lo) * (n_in - 1) / (n_out - 1)) + lo * (n_in - 1)
-    if coord_mode == "half_pixel_symmetric":  # half_pixel, centred when sizes were rounded
-        offset = n_in / 2 * (1 - n_out / (scale * n_in))
-        return (o + 0.5) * (1.0 / scale) + (offset - 0.5)
-    return (o + 0.5) * (1.0 / scale) - 0.5  # half_pixel
+        start = lo * (n_in - 1)
+        if width == 1:
+            return o * 0.0 + ((hi - lo) * (n_in - 1) / 2 + start)
+        return o * (hi - lo) * (n_in - 1) / (width - 1) + start
+    if coord_mode == "half_pixel_symmetric":  # half_pixel, re-centred when the size was rounded
+        offset = n_in / 2 * (1 - n_out / width)
+        return offset + ((o + 0.5) / scale - 0.5)
+    return (o + 0.5) / scale - 0.5  # half_pixel
 
 
 def resize_window(mode: str, scale: float, antialias: bool) -> tuple[float, int, int]:

@@ -11,7 +11,12 @@ Per buffer store (loop_nest.py gives us the stores of the partially lowered func
              the index ignores: its distance in iterations and bytes, and its count), the four
              traffic numbers divided by the reuse count, the stride of the innermost loop that
              moves the index, of the innermost loop, and of the vectorized loop; local/shared
-  intensity  float ops / unique bytes at each loop level, resampled to 10 points (inner->outer)
+  intensity  float ops / unique bytes touched, as a curve over the loop levels (inner->outer),
+             read at 10 fixed amounts of work (2^2 .. 2^38 float ops) so candidates line up
+  traffic    bytes moved into a register file / L1 / L2 sized store: the outermost loop level whose
+             footprint fits, times the iterations of the loops around it; and per float op
+  registers  accumulators: the spatial iterations inside the innermost reduction loop (elements
+             and vectors) and that loop's extent
   alloc      size, and loops outside/inside the allocation, when the store writes a temporary
 Large values go through log2(1 + x). The candidate's vector is the work-weighted mean and
 the max of its stores' vectors, plus whole-function features (FEATURE_NAMES lists them all).
@@ -32,6 +37,8 @@ from .loop_nest import OP_KINDS, Access, Loop, Store, loop_nests, lower, prod as
 BUFFERS_PER_STORE = 5
 CACHE_LINE_BYTES = 64
 INTENSITY_SAMPLES = 10
+INTENSITY_GRID = tuple(2.0 + 4.0 * i for i in range(INTENSITY_SAMPLES))  # log2(float ops) where the curve is read
+CACHE_BYTES = (32 * 1024, 1024 * 1024)  # L1, L2: typical x86 / Cortex-A sizes (the features only need the scale)
 ANNOTATIONS = ("vectorized", "unrolled", "parallel")
 POSITIONS = ("none", "inner_spatial", "middle_spatial", "outer_spatial",
              "inner_reduce", "middle_reduce", "outer_reduce", "mixed")
@@ -53,6 +60,9 @@ def _store_feature_names() -> tuple[str, ...]:
     for b in range(BUFFERS_PER_STORE):
         names += [f"b{b}_{f}" for f in BUFFER_FIELDS]
     names += [f"intensity_{i}" for i in range(INTENSITY_SAMPLES)]
+    for level in ("reg", "l1", "l2"):
+        names += [f"{level}_traffic", f"{level}_bytes_per_flop"]
+    names += ["acc_elems", "acc_vectors", "inner_reduce_extent"]
     names += ["alloc_bytes", "alloc_outer_prod", "alloc_inner_prod", "is_alloc"]
     return tuple(names)
 
@@ -112,8 +122,9 @@ def _access_info(a: Access, loops: Sequence[Loop], line_elems: int) -> _AccessIn
     strides = {}
     for lp in loops:
         if lp.key in variables and lp.extent > 1:
-            moved = [_value(t, {lp.key: 1}) - b for t, b in zip(a.indices, base)]
-            strides[lp.key] = abs(sum(m * f for m, f in zip(moved, flat)))
+            env = {lp.key: 1}
+            strides[lp.key] = abs(sum((_value(t, env) - b) * f
+                                      for t, b, f, vs in zip(a.indices, base, flat, dim_vars) if lp.key in vs))
     return _AccessInfo(a, unique, lines, variables, strides)
 
 
@@ -199,16 +210,39 @@ def _buffer_features(info: _AccessInfo, loops: Sequence[Loop], infos: Sequence[_
 
 def _intensity(flops_iter: int, loops: Sequence[Loop], infos: Sequence[_AccessInfo]) -> list[float]:
     n = len(loops)
-    curve = []  # inner -> outer
+    work, curve = [], []  # inner -> outer
     for j in range(n, -1, -1):
         ops = flops_iter * _prod(lp.extent for lp in loops[j:])
         traffic = sum(i.unique[j] * i.access.elem_bytes for i in infos)
+        work.append(_log(ops))
         curve.append(ops / traffic if traffic else 0.0)
-    xs = np.linspace(0, n, INTENSITY_SAMPLES)
-    return [_log(v) for v in np.interp(xs, np.arange(n + 1), curve)]
+    xs = np.maximum.accumulate(np.asarray(work))  # non-decreasing, as np.interp needs
+    return [_log(v) for v in np.interp(INTENSITY_GRID, xs, curve)]
 
 
-def store_features(store: Store) -> tuple[list[float], float]:
+def _traffic(flops: float, loops: Sequence[Loop], infos: Sequence[_AccessInfo], register_bytes: int) -> list[float]:
+    """Bytes a store moves into memories of growing size, and per float op (a roofline-style data-movement estimate)."""
+    n = len(loops)
+    footprint = [sum(i.unique[j] * i.access.elem_bytes for i in infos) for j in range(n + 1)]
+    out = []
+    for size in (register_bytes, *CACHE_BYTES):
+        j = next((j for j in range(n + 1) if footprint[j] <= size), n)  # outermost level that fits
+        moved = footprint[j] * _prod(lp.extent for lp in loops[:j])
+        out += [_log(moved), _log(moved / flops) if flops else 0.0]
+    return out
+
+
+def _accumulators(loops: Sequence[Loop], spatial: set[int], lanes: int) -> list[float]:
+    """Output elements updated inside the innermost reduction loop: what must stay in registers."""
+    reduce = [k for k, lp in enumerate(loops) if lp.key not in spatial and lp.extent > 1]
+    if not reduce:
+        return [0.0, 0.0, 0.0]
+    r = reduce[-1]
+    acc = _prod(lp.extent for lp in loops[r + 1:] if lp.key in spatial)
+    return [_log(acc), _log(acc / lanes), _log(loops[r].extent)]
+
+
+def store_features(store: Store, *, lanes: int = 8) -> tuple[list[float], float]:
     """A store's feature vector (STORE_FEATURE_NAMES) and its weight (work) for aggregation."""
     trip = store.trip
     loops = store.loops
@@ -225,6 +259,8 @@ def store_features(store: Store) -> tuple[list[float], float]:
     feats += [0.0] * (len(BUFFER_FIELDS) * (BUFFERS_PER_STORE - min(len(ranked), BUFFERS_PER_STORE)))
     flops_iter = _flops_per_iter(store.ops)
     feats += _intensity(flops_iter, loops, infos)
+    feats += _traffic(float(flops_iter * trip), loops, infos, register_bytes=32 * lanes * 4)
+    feats += _accumulators(loops, spatial, lanes)
     if store.alloc is not None:
         outer = max(1, store.alloc.outer_prod)
         feats += [_log(store.alloc.bytes), _log(outer), _log(trip / outer), 1.0]
@@ -258,7 +294,7 @@ def features_of_module(mod, *, cores: int, lanes: int, is_gpu: bool = False, tas
     stores, allocs = loop_nests(lower(mod))
     if not stores:
         return np.zeros(NUM_FEATURES)
-    rows, weights = zip(*(store_features(s) for s in stores))
+    rows, weights = zip(*(store_features(s, lanes=lanes) for s in stores))
     x = np.asarray(rows, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     mean = (w / w.sum()) @ x if w.sum() > 0 else x.mean(axis=0)
@@ -289,6 +325,13 @@ class FeatureExtractor:
                 out[i] = row
         return out
 
+    def prime(self, task, cand, scheduled_mod) -> None:
+        """Featurize a candidate from its scheduled module when the caller has already replayed it
+        (a search that validates its mutants): a later extract/predict then skips the replay."""
+        key = (task.workload_key, cand.trace_json)
+        if key not in self._cache:
+            self._remember(key, self._features(task, scheduled_mod))
+
     def _one(self, task, cand) -> np.ndarray | None:
         key = (task.workload_key, cand.trace_json)
         if key in self._cache:
@@ -297,12 +340,17 @@ class FeatureExtractor:
             return self._cache[key]
         self.misses += 1
         sch = replay(task.mod, cand.trace_json)
-        row = None if sch is None else features_of_module(
-            sch.mod, cores=self.cores, lanes=self.lanes, is_gpu=self.is_gpu, task_flops=float(task.flops))
+        row = None if sch is None else self._features(task, sch.mod)
+        self._remember(key, row)
+        return row
+
+    def _features(self, task, mod) -> np.ndarray:
+        return features_of_module(mod, cores=self.cores, lanes=self.lanes, is_gpu=self.is_gpu, task_flops=float(task.flops))
+
+    def _remember(self, key: tuple[str, str], row: np.ndarray | None) -> None:
         self._cache[key] = row
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
-        return row
 
 
 def replay(mod, trace_json: str):

@@ -72,7 +72,7 @@ class Alloc:
     bytes: int
     scope: str
     outer_prod: int  # iterations of the loops around the allocation
-    depth: int  # how many loops enclose the allocation
+    outer: frozenset[int]  # keys of the loops around the allocation
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def _compact(stores: list[Store], allocs: dict[int, Alloc]) -> tuple[list[Store]
             al = allocs.get(a.key)
             if al is None:
                 continue
-            active = {lp.key: lp.extent for lp in st.loops[al.depth:]}
+            active = {lp.key: lp.extent for lp in st.loops if lp.key not in al.outer}
             spans = [span(t, active) for t in a.indices]
             box = boxes.setdefault(a.key, [[lo, hi] for lo, hi, _ in spans])
             for d, (lo, hi, _) in enumerate(spans):
@@ -227,7 +227,8 @@ class _Walker:
             for child in s.seq:
                 self.stmt(child, loops)
         elif t is tirx.For:
-            self.stmt(s.body, loops + (self._loop(s),))
+            loop = self._loop(s)
+            self.stmt(s.body, _bind(loops, loop) if loop.kind == "thread" else loops + (loop,))
         elif t is tirx.BufferStore:
             self.stores.append(self._store(s, loops))
         elif t is tirx.AttrStmt:
@@ -265,7 +266,7 @@ class _Walker:
             iv = s.node
             tag = str(iv.thread_tag) or "vthread"
             loop = Loop(hash(iv.var), str(iv.var.name), _int(s.value, default=1), "thread", tag)
-            self.stmt(s.body, loops + (loop,))
+            self.stmt(s.body, _bind(loops, loop))
         else:
             self.stmt(s.body, loops)
 
@@ -274,7 +275,8 @@ class _Walker:
         for lp in loops:
             outer *= lp.extent
         key = hash(buf)  # buffers are Vars: their handle is their identity
-        self.allocs[key] = Alloc(str(buf.name), key, _numel(buf) * _elem_bytes(buf), str(buf.scope()), outer, len(loops))
+        self.allocs[key] = Alloc(str(buf.name), key, _numel(buf) * _elem_bytes(buf), str(buf.scope()), outer,
+                                 frozenset(lp.key for lp in loops))
 
     def _store(self, s, loops: tuple[Loop, ...]) -> Store:
         counter = _ExprWalker()
@@ -291,6 +293,12 @@ class _Walker:
                 accesses.append(Access(str(rbuf.name), key, _shape(rbuf), _elem_bytes(rbuf), str(rbuf.scope()),
                                        "read", idx, count))
         return Store(str(buf.name), loops, tuple(counter.ops), tuple(accesses), self.allocs.get(wkey))
+
+
+def _bind(loops: tuple[Loop, ...], thread: Loop) -> tuple[Loop, ...]:
+    """Enter a thread binding. A tag bound again inside (a cooperative fetch re-splitting threadIdx.x)
+    is the same hardware thread: the inner binding replaces the outer one rather than multiplying."""
+    return tuple(lp for lp in loops if lp.kind != "thread" or lp.thread != thread.thread) + (thread,)
 
 
 # --------------------------------------------------------------------------- expressions
@@ -322,10 +330,10 @@ class _ExprWalker:
             if op == "+" and (type(e.a) is tirx.Mul or type(e.b) is tirx.Mul):  # a*b+c: one fused multiply-add
                 self._count(prefix + "mad")
                 mul, other = (e.a, e.b) if type(e.a) is tirx.Mul else (e.b, e.a)
-                self.expr(mul.a), self.expr(mul.b), self.expr(other)
+                self.exprs(mul.a, mul.b, other)
                 return
             self._count(prefix + _ARITH_KIND[op])
-            self.expr(e.a), self.expr(e.b)
+            self.exprs(e.a, e.b)
         elif t is TensorLoad:
             buf = e.source
             key = hash(buf)
@@ -334,7 +342,7 @@ class _ExprWalker:
             self.loads[key] = (buf, old[1], old[2] + 1) if old else (buf, idx, 1)
         elif t in _COMPARE:
             self._count("float_cmp" if _is_float(e.a) else "int_cmp")
-            self.expr(e.a), self.expr(e.b)
+            self.exprs(e.a, e.b)
         elif t in _BOOL:
             self._count("bool_op")
             self.expr(e.a)
@@ -342,7 +350,7 @@ class _ExprWalker:
                 self.expr(e.b)
         elif t is tirx.Select:
             self._count("select_op")
-            self.expr(e.condition), self.expr(e.true_value), self.expr(e.false_value)
+            self.exprs(e.condition, e.true_value, e.false_value)
         elif t is Call:
             name = str(e.op.name).rsplit(".", 1)[-1] if hasattr(e.op, "name") else ""
             if name == "if_then_else":
@@ -356,7 +364,11 @@ class _ExprWalker:
         elif t is tirx.Cast:
             self.expr(e.value)
         elif t is tirx.Let:
-            self.expr(e.value), self.expr(e.body)
+            self.exprs(e.value, e.body)
+
+    def exprs(self, *es) -> None:
+        for e in es:
+            self.expr(e)
 
     def index(self, e) -> tuple:
         """An index expression as a tree the feature code evaluates; its integer ops are counted."""

@@ -320,38 +320,41 @@ def _pool(c: Ctx):
     strides = list(c.attr("strides", [1] * rank))
     dilations = list(c.attr("dilations", [1] * rank))
     pads = _spatial_pads(c, x_shape[2:], kernel, strides, dilations)
+    extra = [0] * rank
     if c.attr("ceil_mode", 0):  # grow the high pads so floor division gives ceil's size
         for i in range(rank):
             size = x_shape[2 + i] + pads[i] + pads[i + rank] - dilations[i] * (kernel[i] - 1) - 1
             out = -(-size // strides[i]) + 1
             if (out - 1) * strides[i] >= x_shape[2 + i] + pads[i]:
                 out -= 1  # the last window must start inside the input or its low pad
-            pads[i + rank] += (out - 1) * strides[i] - size
+            grow = (out - 1) * strides[i] - size  # negative when the last window would start in the high pad
+            pads[i + rank] += grow
+            extra[i] = max(grow, 0)
     attrs = {"kind": "max" if c.node.op_type == "MaxPool" else "avg", "count_include_pad": bool(c.attr("count_include_pad", 0))}
     if rank == 3:
-        return [_pool3d(c, x, kernel, strides, dilations, pads, attrs)]
+        return [_pool3d(c, x, kernel, strides, dilations, pads, extra, attrs)]
     x = _as_2d(c, x, rank, "x")
     if rank == 1:
-        kernel, strides, dilations, pads = [1] + kernel, [1] + strides, [1] + dilations, [0, pads[0], 0, pads[1]]
+        kernel, strides, dilations, pads, extra = [1] + kernel, [1] + strides, [1] + dilations, [0, pads[0], 0, pads[1]], [0] + extra
     out = c.b.add("pool2d", [x], c.name + ("_2d" if rank == 1 else ""), kernel=kernel, strides=strides,
-                  pads=pads, dilations=dilations, **attrs)
+                  pads=pads, dilations=dilations, ceil_extra=extra, **attrs)
     if rank == 1:
         s = c.b.shape(out)
         out = c.b.add("reshape", [out], c.name, shape=(s[0], s[1], s[3]))
     return [out]
 
 
-def _pool3d(c: Ctx, x: str, kernel, strides, dilations, pads, attrs) -> str:
+def _pool3d(c: Ctx, x: str, kernel, strides, dilations, pads, extra, attrs) -> str:
     """A 3-D pool is separable: pool (H, W) of every depth slice, then pool depth.  Exact for max and
     for both averages, since a window's tap count is the product of its per-axis counts."""
     n, ch, d, h, w = c.b.shape(x)
     hw = c.b.add("reshape", [x], c.name + "_slices", shape=(n, ch * d, h, w))
     hw = c.b.add("pool2d", [hw], c.name + "_hw", kernel=kernel[1:], strides=strides[1:], dilations=dilations[1:],
-                 pads=[pads[1], pads[2], pads[4], pads[5]], **attrs)
+                 pads=[pads[1], pads[2], pads[4], pads[5]], ceil_extra=extra[1:], **attrs)
     h2, w2 = c.b.shape(hw)[2:]
     dd = c.b.add("reshape", [hw], c.name + "_depth", shape=(n, ch, d, h2 * w2))
     dd = c.b.add("pool2d", [dd], c.name + "_d", kernel=[kernel[0], 1], strides=[strides[0], 1],
-                 dilations=[dilations[0], 1], pads=[pads[0], 0, pads[3], 0], **attrs)
+                 dilations=[dilations[0], 1], pads=[pads[0], 0, pads[3], 0], ceil_extra=[extra[0], 0], **attrs)
     return c.b.add("reshape", [dd], c.name, shape=(n, ch, c.b.shape(dd)[2], h2, w2))
 
 
@@ -543,7 +546,7 @@ def _pad(c: Ctx):
     if any(p < 0 for p in pads):
         raise c.fail("negative pads are not supported")
     mode = c.attr("mode", "constant")
-    if mode not in ("constant", "reflect", "edge"):
+    if mode not in ("constant", "reflect", "edge", "wrap"):
         raise c.fail(f"pad mode {mode!r} is not supported")
     value = 0.0 if value is None or np.size(value) == 0 else float(np.ravel(value)[0])
     return [c.b.add("pad", [x], c.name, pads=tuple(pads), mode=mode, value=value)]

@@ -25,8 +25,6 @@ import json
 import math
 import random
 from dataclasses import dataclass, replace
-from typing import Sequence
-
 import tvm
 from tvm.s_tir import Schedule, Trace
 
@@ -177,15 +175,22 @@ def _read_back(genome: Genome, sch: Schedule) -> Genome:
 
 
 # --------------------------------------------------------------------------- mutation
-def mutate_tile(decision: tuple[int, ...], max_innermost: int, rng: random.Random) -> tuple[int, ...] | None:
-    """Move a divisor of one level's factor to another level: the product (the loop extent) is kept."""
+def mutate_tile(decision: tuple[int, ...], max_innermost: int, rng: random.Random, *,
+                local: float = 0.75) -> tuple[int, ...] | None:
+    """Move a divisor of one level's factor to another level: the product (the loop extent) is kept.
+
+    With probability `local` the divisor is a prime factor (a small step: 32 -> 16, not 32 -> 1),
+    so repeated generations climb; otherwise any divisor (a jump)."""
     sources = [i for i, f in enumerate(decision) if f > 1]
     if len(decision) < 2 or not sources:
         return None
     for _ in range(8):
         src = rng.choice(sources)
         dst = rng.choice([j for j in range(len(decision)) if j != src])
-        factor = rng.choice([f for f in range(2, decision[src] + 1) if decision[src] % f == 0])
+        divisors = [f for f in range(2, decision[src] + 1) if decision[src] % f == 0]
+        if rng.random() < local:
+            divisors = [f for f in divisors if all(f % p for p in range(2, int(math.isqrt(f)) + 1))]
+        factor = rng.choice(divisors)
         new = list(decision)
         new[src] //= factor
         new[dst] *= factor
@@ -291,7 +296,3 @@ def _apply_sketch(sch: Schedule, sketch: Sketch, ctx: SketchContext) -> None:
         rule.apply(sch, ctx)
     decompose_reductions(sch)
 
-
-def select(weights: Sequence[float], rng: random.Random) -> int:
-    """Index drawn with probability proportional to weight (weights >= 0, not all zero)."""
-    return rng.choices(range(len(weights)), weights=weights, k=1)[0]

@@ -56,11 +56,13 @@ class RandomPolicy:
 
 def make_policy_factory(target: Target, database, config) -> tuple[Callable[[Task, int], object], Callable[[], None]]:
     """(factory(task, seed) -> policy, finish()) for the configured strategy."""
-    if config.strategy == "random":
+    try:
+        from .evolutionary import make_evolutionary_factory
+    except ImportError:  # TEMPORARY until search/evolutionary.py lands
+        make_evolutionary_factory = None
+    if config.strategy == "random" or make_evolutionary_factory is None:
         def factory(task: Task, seed: int):
             return RandomPolicy(task, target, seed=seed, measured=database.measured_hashes(task.workload_key, target.key))
 
         return factory, lambda: None
-    from .evolutionary import make_evolutionary_factory
-
     return make_evolutionary_factory(target, database, config)

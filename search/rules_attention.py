@@ -32,8 +32,10 @@ UNROLL_STEPS = (0, 16, 64, 512)
 MAX_REGISTER_ROWS = 8
 VECTORIZED = ("q_load", "acc_init", "k_load", "prob", "acc_copy", "store")  # elementwise steps
 PARTIAL_REDUCTIONS = ("row_max_part", "row_sum_part")  # [rows, lanes] partial max / sum
-PER_ROW_GPU = ("q_load", "state_init", "acc_init", "score", "logits", "row_max_part", "row_max", "prob", "row_sum_part",
-               "row_sum", "state_update", "pv", "acc_update", "acc_copy", "store")  # outermost own loop: query row
+# each step's own loops, outermost first, is the tile's query row (value: how many own loops)
+PER_ROW_GPU = {"q_load": 2, "state_init": 1, "acc_init": 2, "score": 3, "logits": 2, "row_max_part": 3, "row_max": 2,
+               "prob": 2, "row_sum_part": 3, "row_sum": 2, "state_update": 1, "pv": 3, "acc_update": 2,
+               "acc_copy": 2, "state_copy": 1, "store": 2}
 
 
 def is_attention(sch: Schedule) -> bool:
@@ -87,9 +89,10 @@ def _register_tile(sch: Schedule, ctx: SketchContext, name: str, *, consumer: st
     col_o, col_i = sch.split(col, ctx.tile(sch, col, 2, max_innermost=4 * lanes, default=[n_cols // vec, vec]))
     sch.reorder(row_o, col_o, reduce_loop, row_i, col_i)
     cons = sch.get_sblock(consumer)
-    sch.reverse_compute_at(cons, col_o)
-    sch.vectorize(sch.get_loops(cons)[-1])
-    sch.vectorize(col_i)
+    sch.reverse_compute_at(cons, col_o, preserve_unit_loops=True)  # keeps its own (row, col) loops
+    for loop in (sch.get_loops(cons)[-1], col_i):
+        if _extent(sch, loop) > 1:
+            sch.vectorize(loop)
     sch.unroll(row_i)
     sch.decompose_reduction(block, reduce_loop)
 
@@ -98,7 +101,7 @@ def _register_tile(sch: Schedule, ctx: SketchContext, name: str, *, consumer: st
 # buffer -> the block that writes it: set_scope goes through a writer
 SHARED = {"kt": "k_load"}  # read by every row's thread
 LOCAL = {"qs": "q_load", "sacc": "score", "s": "logits", "p": "prob", "mpart": "row_max_part", "lpart": "row_sum_part",
-         "m": "state_init", "l": "state_init", "mnew": "row_max", "lsum": "row_sum", "alpha": "state_update",
+         "m": "state_init", "l": "state_init", "mnew": "row_max", "lsum": "row_sum", "alpha": "state_update", "lnew": "state_update",
          "oblk": "pv", "accn": "acc_update", "acc": "acc_init"}  # one query row's state: its thread's own
 
 
@@ -108,19 +111,18 @@ def schedule_attention_gpu(sch: Schedule, ctx: SketchContext) -> None:
     loops = sch.get_loops(tile)
     outer = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     sch.bind(outer, "blockIdx.x")
-    enclosing = {sch.get(lp) for lp in sch.get_loops(sch.get_sblock("kv_step"))}  # the tile and key-tile loops
     rows = None
-    for name in PER_ROW_GPU:  # every step's outermost own loop runs over the tile's query rows
-        own = [lp for lp in sch.get_loops(sch.get_sblock(name)) if sch.get(lp) not in enclosing]
-        rows = rows or _extent(sch, own[0])
-        sch.bind(own[0], "threadIdx.x")
+    for name, own in PER_ROW_GPU.items():
+        loop = sch.get_loops(sch.get_sblock(name))[-own]
+        rows = rows or _extent(sch, loop)
+        sch.bind(loop, "threadIdx.x")
     k_load = sch.get_sblock("k_load")
     _, tx = sch.split(sch.fuse(*sch.get_loops(k_load)[-2:]), [None, rows])
     sch.bind(tx, "threadIdx.x")
     for table, scope in ((SHARED, "shared"), (LOCAL, "local")):
         for buffer, writer in table.items():
             block = sch.get_sblock(writer)
-            index = next(i for i, r in enumerate(sch.get(block).writes) if r.buffer.name == buffer)
+            index = next(i for i, r in enumerate(sch.get(block).writes) if r.source.name == buffer)
             sch.set_scope(block, index, scope)
     step = ctx.choose(sch, UNROLL_STEPS, default_index=1)
     sch.annotate(outer, "pragma_auto_unroll_max_step", step)

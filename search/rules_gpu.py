@@ -54,7 +54,11 @@ SAMPLE_TRIES = 64  # joint tile draws per attempt (cheap, pure Python)
 TILE_ATTEMPTS = 6  # tilings tried on a schedule copy before the variant is given up
 
 
-class GpuLimitError(ScheduleError):
+class GpuRuleError(ScheduleError):
+    """A GPU rule does not apply here; sketch generation and sampling drop the state."""
+
+
+class GpuLimitError(GpuRuleError):
     """A sampled GPU candidate exceeds the target's threads / vthreads / shared memory."""
 
 
@@ -102,7 +106,7 @@ def _next_pow2(n: int) -> int:
 def _thread_choices(limits: GpuLimits, extent: int) -> list[int]:
     """Thread counts worth trying for `extent` work items (at least one warp)."""
     cap = max(THREAD_CHOICES[0], _next_pow2(extent))
-    return [t for t in THREAD_CHOICES if t <= min(cap, limits.max_threads)] or [THREAD_CHOICES[0]]
+    return [t for t in THREAD_CHOICES if t <= min(cap, limits.max_threads)] or [min(THREAD_CHOICES[0], limits.max_threads)]
 
 
 def _choose_threads(sch: Schedule, ctx: SketchContext, extent: int, *, preferred: int = 256):
@@ -268,7 +272,7 @@ def _tile_block(sch: Schedule, block: str, ctx: SketchContext, variant: str, til
     sch.bind(sch.fuse(*s1), "vthread.x")
     tx = sch.fuse(*s2)
     sch.bind(tx, "threadIdx.x")
-    sch.reverse_compute_at(write_back, tx)
+    sch.reverse_compute_at(write_back, tx, preserve_unit_loops=True)  # loop count independent of the tiles
     if variant == "shared" and r0:
         _shared_caches(sch, rv, inputs, r0[-1], thread_rvs, ctx, limits)
 
@@ -289,7 +293,7 @@ def _shared_caches(sch: Schedule, rv, inputs: list[str], at_loop, thread_rvs: li
     caches, total = [], 0
     for name in inputs:
         cache = sch.cache_read(rv, name, "shared")
-        sch.compute_at(cache, at_loop)
+        sch.compute_at(cache, at_loop, preserve_unit_loops=True)  # one loop per dim, whatever the tiles
         own = sch.get_loops(cache)[depth:]
         total += _prod(sch.get(lp).extent for lp in own) * _buffer(sch.get(cache).writes[0]).dtype.bits // 8
         caches.append(cache)
@@ -310,44 +314,60 @@ register_rule(Rule("multi_level_tiling_gpu", _mlt_condition, _mlt_apply, variant
 
 # --------------------------------------------------------------------------- cross-thread reduction
 def _row_reduction(info: BlockInfo) -> bool:
-    kinds = "".join(info.loop_kinds)
+    spatial_then_reduce = "R" not in "".join(info.loop_kinds).rstrip("R")
     return (
-        info.is_reduction and not info.reuse and info.trivial and info.root_level
-        and set(info.iter_kinds) <= {"S", "R"} and kinds == kinds.rstrip("R") + "R" * kinds.count("R")
-        and info.reduce_extent >= CTR_MIN_REDUCE
+        info.is_reduction and not info.reuse and info.trivial and info.root_level and spatial_then_reduce
+        and set(info.iter_kinds) <= {"S", "R"} and info.reduce_extent >= CTR_MIN_REDUCE
     )
 
 
-def _row_group(sch: Schedule, block: str) -> tuple[int, list[str]] | None:
-    """(k, reductions) when `block` consumes row reductions and its first k loops index the rows.
-
-    The reductions (transitively: layer norm's variance reads the mean) must produce one value
-    per row, so computing them under the fused row loop costs no recomputation.
-    """
+def _row_group(sch: Schedule, block: str) -> tuple[int, list[str], list[str]] | None:
+    """(k, inlined, reductions) when `block` consumes row reductions and its first k loops index
+    the rows.  Elementwise blocks between (softmax's exp) are inlined first; the reductions
+    (transitively: layer norm's variance reads the mean) must give one value per row, so
+    computing them under the fused row loop costs no recomputation."""
     rv = sch.get_sblock(block)
     info = analyze(sch, rv)
     if info.is_reduction or not info.trivial or not info.root_level or "O" in info.iter_kinds:
         return None
-    group, frontier = [], [rv]
+    reductions, inlined, frontier = [], [], [rv]
     while frontier:
         for producer in sch.get_producers(frontier.pop()):
             p = analyze(sch, producer)
-            if _row_reduction(p) and p.name not in group:
-                group.append(p.name)
-                frontier.append(producer)
-    direct = [analyze(sch, p).name for p in sch.get_producers(rv)]
-    k = _row_prefix(sch, rv, [g for g in group if g in direct])
-    if not group or k is None or not 1 <= k < len(info.loop_extents):
+            if p.name in reductions or p.name in inlined:
+                continue
+            if _row_reduction(p):
+                reductions.append(p.name)
+            elif _inlinable(sch, p):
+                inlined.append(p.name)
+            else:
+                continue
+            frontier.append(producer)
+    if not reductions:
+        return None
+    probe = sch.copy()  # the prefix is read off the consumer with the intermediates inlined
+    try:
+        for name in inlined:
+            probe.compute_inline(probe.get_sblock(name))
+    except SCHEDULE_ERRORS:
+        return None
+    k = _row_prefix(probe, probe.get_sblock(block), reductions)
+    if k is None or not 1 <= k < len(info.loop_extents):
         return None
     rows = _prod(info.loop_extents[:k])
-    if any(analyze(sch, g).spatial_extent != rows for g in group):
+    if any(analyze(sch, g).spatial_extent != rows for g in reductions):
         return None
-    order = [b for b in reversed(block_names(sch)) if b in group]  # consumers first, for compute_at
-    return k, order
+    order = [b for b in reversed(block_names(sch)) if b in reductions]  # consumers first, for compute_at
+    return k, inlined, order
+
+
+def _inlinable(sch: Schedule, info: BlockInfo) -> bool:
+    return (not info.is_reduction and not info.is_output and info.root_level and "O" not in info.iter_kinds
+            and bool(sch.get_consumers(sch.get_sblock(info.name))))
 
 
 def _row_prefix(sch: Schedule, rv, producers: list[str]) -> int | None:
-    """The number of leading loops used to index the producers' outputs (None if not a prefix)."""
+    """The number of leading loops used to index the producers' outputs (None if none are read)."""
     from .sketch import _vars_in  # noqa: PLC0415 - the shared index analysis
 
     stmt = sch.get(rv)
@@ -359,9 +379,7 @@ def _row_prefix(sch: Schedule, rv, producers: list[str]) -> int | None:
             for rng in region.region:
                 found = _vars_in(rng.min)
                 used |= {i for i, v in enumerate(ivars) if any(v.same_as(u) for u in found)}
-    if not producers or not used:
-        return None
-    return max(used) + 1
+    return max(used) + 1 if used else None
 
 
 def _ctr_condition(sch: Schedule, block: str, ctx: SketchContext) -> Outcome:
@@ -385,8 +403,10 @@ def _ctr_group(sch: Schedule, block: str, ctx: SketchContext) -> None:
     """One thread block per row: the reductions (in shared memory) and the consumer's row."""
     found = _row_group(sch, block)
     if found is None:
-        raise GpuLimitError(f"{block} is no longer the consumer of a row reduction")
-    k, group = found
+        raise GpuRuleError(f"{block} is no longer the consumer of a row reduction")
+    k, inlined, group = found
+    for name in inlined:
+        sch.compute_inline(sch.get_sblock(name))
     rv = sch.get_sblock(block)
     reduce = max(analyze(sch, g).reduce_extent for g in group)
     threads = _choose_threads(sch, ctx, reduce)
@@ -409,7 +429,10 @@ def _ctr_single(sch: Schedule, block: str, ctx: SketchContext) -> None:
     info = analyze(sch, rv)
     loops = sch.get_loops(rv)
     n_spatial = info.loop_kinds.count("S")
-    row = sch.fuse(*loops[:n_spatial]) if n_spatial > 1 else loops[0] if n_spatial else sch.add_unit_loop(loops[0])
+    if n_spatial == 0:  # a reduction to one value: a single thread block
+        row = sch.add_unit_loop(loops[0])
+    else:
+        row = sch.fuse(*loops[:n_spatial]) if n_spatial > 1 else loops[0]
     threads = _choose_threads(sch, ctx, info.reduce_extent)
     sch.bind(row, "blockIdx.x")
     _bind_reduction(sch, rv, threads)
@@ -436,11 +459,11 @@ def _annotate_gpu(sch: Schedule, ctx: SketchContext) -> None:
             sch.bind(sch.add_unit_loop(block), "blockIdx.x")
             continue
         outer = loops[0] if _nest_bound(sch, loops[0]) else _bind_fallback(sch, loops, ctx)
-        _localize_nested_buffers(sch, nest)
         has_reduction = any(analyze(sch, b).is_reduction for b in sch.get_child_blocks(outer))
         step = ctx.choose(sch, UNROLL_STEPS, default_index=UNROLL_STEPS.index(64) if has_reduction else 0)
         sch.annotate(outer, "pragma_auto_unroll_max_step", step)
         sch.annotate(outer, "pragma_unroll_explicit", 1)
+    _localize_nested_buffers(sch)
 
 
 def _root_nests(sch: Schedule) -> list[str]:
@@ -457,20 +480,16 @@ def _root_nests(sch: Schedule) -> list[str]:
     return names
 
 
-def _localize_nested_buffers(sch: Schedule, nest: str) -> None:
-    """Buffers a block allocates inside a kernel (hand-written TIR) become per-thread: a kernel
-    cannot allocate global memory."""
+def _localize_nested_buffers(sch: Schedule) -> None:
+    """Buffers a block allocates inside a kernel (hand-written TIR such as the fused attention)
+    become per-thread: a kernel cannot allocate global memory.  Root allocations stay global."""
     names = block_names(sch)
-    inner = names[names.index(nest):]
-    for owner in inner:
+    writers = {name: [_buffer(w).name for w in sch.get(sch.get_sblock(name)).writes] for name in names}
+    for owner in names:
         for buf in sch.get(sch.get_sblock(owner)).alloc_buffers:
-            if buf.scope() != "global":
-                continue
-            for writer in inner:
-                writes = [_buffer(w).name for w in sch.get(sch.get_sblock(writer)).writes]
-                if buf.name in writes:
-                    sch.set_scope(sch.get_sblock(writer), writes.index(buf.name), "local")
-                    break
+            writer = next((w for w in names if buf.scope() == "global" and buf.name in writers[w]), None)
+            if writer is not None:
+                sch.set_scope(sch.get_sblock(writer), writers[writer].index(buf.name), "local")
 
 
 def _nest_bound(sch: Schedule, root) -> bool:

@@ -23,7 +23,7 @@ from .. import __version__
 from ..compiler.task import Task
 from ..targets.base import Target
 from .measure_types import Candidate, MeasureResult, Record
-from .progress import Progress
+from .progress_bar import Progress
 
 
 class SearchPolicy(Protocol):

@@ -144,21 +144,22 @@ def _short(e: BaseException) -> str:
 
 
 class Runner:
-    """Runs cases, compiling each distinct (frozen) model once."""
+    """Runs cases, importing and compiling each distinct (frozen) model once."""
 
     def __init__(self, *, target: str = "llvm"):
         self.target = target
-        self._modules: dict[bytes, object] = {}
+        self._compiled: dict[bytes, tuple] = {}
 
-    def module(self, model, feeds: dict[str, np.ndarray]):
+    def compiled(self, model, feeds: dict[str, np.ndarray]):
+        """(imported graph, compiled module)."""
         key = model.SerializeToString()
-        if key not in self._modules:
+        if key not in self._compiled:
             import tilecraft as tc
             from tilecraft.frontends.onnx import from_onnx
 
             graph = from_onnx(model, input_shapes={k: v.shape for k, v in feeds.items()})
-            self._modules[key] = tc.compile(graph, target=self.target)
-        return self._modules[key]
+            self._compiled[key] = graph, tc.compile(graph, target=self.target)
+        return self._compiled[key]
 
     def run_case(self, case, op: str) -> Outcome:
         from tilecraft.errors import TilecraftError, UnsupportedOpError
@@ -170,7 +171,8 @@ class Runner:
             inputs, outputs = [_array(v) for v in inputs], [_array(v) for v in outputs]
             model, feeds = _freeze_const_inputs(case.model, dict(zip(in_names, inputs)))
             try:
-                got = self.module(model, feeds).run(feeds)
+                graph, module = self.compiled(model, feeds)
+                got = module.run(feeds)
             except UnsupportedOpError as e:
                 return Outcome(case.name, op, "unsupported", _short(e))
             except TilecraftError as e:
@@ -182,6 +184,18 @@ class Runner:
                 why = _compare(got[name], want, name)
                 if why:
                     return Outcome(case.name, op, "mismatch", self._diagnose(model, feeds, why, outputs, out_names))
+            # the numpy interpreter (the passes' reference and the constant folder) must agree too
+            from tilecraft.compiler.interpret import run_graph
+
+            try:
+                with np.errstate(all="ignore"):
+                    ref = dict(zip(graph.outputs, run_graph(graph, feeds)))
+            except (ValueError, TypeError, IndexError, KeyError) as e:
+                return Outcome(case.name, op, "crash", f"numpy interpreter: {_short(e)}")
+            for name, want in zip(out_names, outputs):
+                why = _compare(np.asarray(ref[name]), want, name)
+                if why:
+                    return Outcome(case.name, op, "mismatch", f"numpy interpreter: {why}")
         return Outcome(case.name, op, "pass")
 
     def _diagnose(self, model, feeds, why: str, outputs=None, out_names=()) -> str:
