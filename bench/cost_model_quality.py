@@ -7,7 +7,9 @@
 Dataset: random sampled candidates (`search.sampling.sample_candidates`) of a 1024^3 matmul,
 ResNet-18's distinct 3x3/1x1 conv tasks, a dense layer (128x768x768 + bias + relu) and
 ResNet-18's classifier, each measured by the real `Measurer.local`; stored in
-`bench/work/cost_model.db`, which a re-run reuses (it only tops up missing trials).
+`bench/work/cost_model.db`, which a re-run reuses (it only tops up missing trials). `--retest N`
+candidates per task are measured once more, later, into `bench/work/cost_model.retest.db`: how
+well two measurement sessions agree is the ceiling for any model on this shared machine.
 
 Metrics, per task, then averaged over tasks (a candidate's throughput is flops/cost; failed = 0):
   pairwise accuracy  over all pairs of test candidates with different measured throughput, the

@@ -7,8 +7,9 @@
 guided = search.evolutionary.EvolutionarySearch + a fresh XGBCostModel (cold start: no pretraining,
          one model per task, so the tasks do not help each other);
 random = search.policies.RandomPolicy (uniform sketch samples).
-Both measure with the real Measurer (worker processes) through search.tuner.tune_tasks, in
-batches of 16, each task in a fresh database under bench/work/search_efficiency/.  The issue's
+Both measure with one real Measurer (worker processes) in batches of 16, interleaved in proportion
+to their budgets (the machine is shared: both should see the same load), each in a fresh database
+under bench/work/search_efficiency/; the loop is search.tuner.tune_tasks's for one task.  The issue's
 goal is "guided reaches random's 1000-trial best in <= 250 trials"; on 2 cores we run random for
 R trials and guided for R/4 and check the same 4:1 ratio.  The best candidate of each run is
 measured again at the end, with the output checked against the unscheduled kernel.
@@ -24,6 +25,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +34,8 @@ RESULTS = WORK.parent / "search_efficiency.json"
 REPORT = REPO / "bench" / "search_efficiency.md"
 PLOT = REPO / "bench" / "search_efficiency.png"
 SHARED_MODELS = Path(os.environ.get("TILECRAFT_SHARED_MODELS", REPO.parent / "shared" / "models"))
-CONVS = ("conv2d_add_relu_1x64x56x56", "conv2d_relu_1x256x14x14", "conv2d_relu_1x128x28x28")
+# 3x3 64->64 on 56x56 (+ residual add), 3x3 256->256 on 14x14 ("#2": the stride-1 one), 3x3 stride-2 64->128
+CONVS = ("conv2d_add_relu_1x64x56x56", "conv2d_relu_1x256x14x14#2", "conv2d_relu_1x128x28x28")
 BATCH = 16
 
 
@@ -61,8 +64,9 @@ def resnet_tasks() -> dict:
     if not (models / "resnet18.onnx").exists():
         subprocess.run([sys.executable, str(SHARED_MODELS / "materialize.py"), str(models)], check=True, capture_output=True)
     out = {}
-    for t in tc.api.prepare(models / "resnet18.onnx").tasks:
-        out.setdefault(t.name, t)  # two tasks of one name differ only in stride: keep the first
+    for t in tc.api.prepare(models / "resnet18.onnx").tasks:  # a name can repeat (stride 2 vs 1): number them
+        k = sum(1 for n in out if n.split("#")[0] == t.name)
+        out[f"{t.name}#{k + 1}" if k else t.name] = t
     return out
 
 
@@ -73,7 +77,7 @@ def load_tasks(names: list[str]) -> list:
             tasks.append(matmul_task(int(name[len("matmul"):])))
             continue
         resnet = resnet if resnet is not None else resnet_tasks()
-        tasks.append(resnet[name])
+        tasks.append(resnet[name] if "#" not in name else replace(resnet[name], name=name))
     return tasks
 
 
@@ -107,58 +111,97 @@ def runner_config(check: bool):
     return RunnerConfig(number=1, repeat=3, min_repeat_ms=20, timeout_s=8.0, check_correctness=check)
 
 
-def run_one(task, target, strategy: str, trials: int, *, seed: int) -> dict:
-    from tilecraft.cost_model.xgb_model import XGBCostModel
-    from tilecraft.search.database import Database
-    from tilecraft.search.evolutionary import make_evolutionary_factory
-    from tilecraft.search.measure import Measurer
-    from tilecraft.search.policies import RandomPolicy
-    from tilecraft.search.tuner import TuneConfig, tune_tasks
+class Run:
+    """One strategy on one task: its policy, its database, its best-so-far curve."""
 
-    WORK.mkdir(parents=True, exist_ok=True)
-    db_path = WORK / f"{task.name}.{strategy}.db"
-    for suffix in ("", "-wal", "-shm", ".cost_model"):
-        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
-    config = TuneConfig(trials=trials, batch_size=BATCH, seed=seed, progress=False)
-    policies: list[Timed] = []
-    load_before = os.getloadavg()
-    t0 = time.time()
-    with Database(db_path) as db, Measurer.local(target, runner_config=runner_config(False)) as measurer:
-        db.add_workload(task)
+    def __init__(self, task, target, strategy: str, budget: int, *, seed: int):
+        from tilecraft.cost_model.xgb_model import XGBCostModel
+        from tilecraft.search.database import Database
+        from tilecraft.search.evolutionary import make_evolutionary_factory
+        from tilecraft.search.policies import RandomPolicy
+        from tilecraft.search.tuner import TuneConfig
+
+        self.task, self.target, self.strategy, self.budget = task, target, strategy, budget
+        WORK.mkdir(parents=True, exist_ok=True)
+        db_path = WORK / f"{task.name}.{strategy}.db"
+        for suffix in ("", "-wal", "-shm", ".cost_model"):
+            Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+        self.db = Database(db_path)
+        self.db.add_workload(task)
+        self.search = None
         if strategy == "guided":
-            inner, finish = make_evolutionary_factory(target, db, config, cost_model=XGBCostModel(target))
+            factory, self.finish = make_evolutionary_factory(target, self.db, TuneConfig(seed=seed),
+                                                             cost_model=XGBCostModel(target))
+            self.search = factory(task, seed)
+            self.policy = Timed(self.search)
         else:
-            finish = None
+            self.finish = lambda: None
+            self.policy = Timed(RandomPolicy(task, target, seed=seed, measured=set()))
+        self.trials, self.errors, self.best_cost = 0, 0, math.inf
+        self.curve: list[list[float]] = [[0, 0.0]]
+        self.measure_s = 0.0
+        self.loads: list[float] = []
 
-            def inner(t, s):
-                return RandomPolicy(t, target, seed=s, measured=db.measured_hashes(t.workload_key, target.key))
+    @property
+    def done(self) -> bool:
+        return self.trials >= self.budget
 
-        def factory(t, s):
-            policies.append(Timed(inner(t, s)))
-            return policies[-1]
+    def step(self, measurer) -> None:
+        """One batch: propose, measure, commit, observe (search.tuner.tune_tasks's loop for one task)."""
+        from tilecraft import __version__
+        from tilecraft.search.measure_types import Record
 
-        def on_round(state, results):
-            ok = sum(r.ok for r in results)
-            gflops = task.flops / state.best_cost / 1e9 if math.isfinite(state.best_cost) else 0.0
-            print(f"  {task.name} {strategy:6s} {state.trials:4d}/{trials} trials  best {gflops:6.1f} GFLOP/s  "
-                  f"({ok}/{len(results)} ok, {time.time() - t0:5.0f} s)", flush=True)
+        batch = self.policy.propose(min(BATCH, self.budget - self.trials))
+        if not batch:
+            self.budget = self.trials  # the space is exhausted
+            return
+        t0 = time.time()
+        results = measurer.measure(self.task, batch)
+        self.measure_s += time.time() - t0
+        self.loads.append(os.getloadavg()[0])
+        self.db.commit([Record(self.task.workload_key, self.target.key, c, r, self.task.name, f"tilecraft {__version__}")
+                        for c, r in zip(batch, results)])
+        self.policy.observe(batch, results)
+        for r in results:
+            if r.ok:
+                self.best_cost = min(self.best_cost, r.mean)
+            else:
+                self.errors += 1
+        self.trials += len(batch)
+        self.curve.append([self.trials, self.gflops])
+        print(f"  {self.task.name} {self.strategy:6s} {self.trials:4d}/{self.budget} trials  best {self.gflops:6.1f} GFLOP/s  "
+              f"({sum(r.ok for r in results)}/{len(results)} ok, load {self.loads[-1]:.1f})", flush=True)
 
-        result = tune_tasks([task], target, measurer=measurer, database=db, policy_factory=factory, config=config,
-                            on_round=on_round)
-        if finish is not None:
-            finish()
-        best = db.best(task.workload_key, target.key, k=1)
-    stats = inner.searches[0].stats if getattr(inner, "searches", None) else None
-    return {
-        "task": task.name, "strategy": strategy, "trials": result.trials, "flops": task.flops,
-        "curve": [[t, task.flops / lat / 1e9 if math.isfinite(lat) and lat > 0 else 0.0] for t, lat in result.curve],
-        "best_gflops": task.flops / result.tasks[0].best_cost / 1e9 if math.isfinite(result.tasks[0].best_cost) else 0.0,
-        "errors": result.tasks[0].errors, "wall_s": time.time() - t0, "search_s": policies[0].seconds,
-        "candidates_per_s": stats.candidates_per_s if stats else None,
-        "scored": stats.scored if stats else None, "predict_s": stats.predict_s if stats else None,
-        "load": [load_before, os.getloadavg()],
-        "best_trace": best[0].candidate.trace_json if best else None,
-    }
+    @property
+    def gflops(self) -> float:
+        return self.task.flops / self.best_cost / 1e9 if math.isfinite(self.best_cost) else 0.0
+
+    def summary(self) -> dict:
+        self.finish()
+        best = self.db.best(self.task.workload_key, self.target.key, k=1)
+        stats = self.search.stats if self.search is not None else None
+        self.db.close()
+        return {
+            "task": self.task.name, "strategy": self.strategy, "trials": self.trials, "flops": self.task.flops,
+            "curve": self.curve, "best_gflops": self.gflops, "errors": self.errors,
+            "wall_s": self.measure_s + self.policy.seconds, "measure_s": self.measure_s, "search_s": self.policy.seconds,
+            "candidates_per_s": stats.candidates_per_s if stats else None,
+            "scored": stats.scored if stats else None, "predict_s": stats.predict_s if stats else None,
+            "load": [min(self.loads, default=0.0), max(self.loads, default=0.0)],
+            "best_trace": best[0].candidate.trace_json if best else None,
+        }
+
+
+def run_task(task, target, budgets: dict[str, int], *, seed: int) -> list[dict]:
+    """Both strategies on one task, interleaved in proportion to their budgets, so that both see the
+    same stretch of machine load (the box is shared; a sequential A-then-B would compare two loads)."""
+    from tilecraft.search.measure import Measurer
+
+    runs = [Run(task, target, strategy, budget, seed=seed) for strategy, budget in budgets.items()]
+    with Measurer.local(target, runner_config=runner_config(False)) as measurer:
+        while not all(r.done for r in runs):
+            min((r for r in runs if not r.done), key=lambda r: (r.trials + BATCH / 2) / r.budget).step(measurer)
+    return [r.summary() for r in runs]
 
 
 def verify(task, target, runs: list[dict]) -> None:
@@ -197,7 +240,8 @@ def write_report(results: dict, command: str) -> None:
         f"Machine: {results.get('machine', machine())}. Date: {results.get('date', '?')}.",
         f"Command: `{command}`",
         "",
-        "Both strategies run through `search.tuner.tune_tasks` with the real `Measurer.local` (batches of 16; "
+        "Both strategies share one real `Measurer.local` (batches of 16, interleaved in proportion to the budgets "
+        "so both see the same machine load; "
         "1 call x 3 repeats per candidate, min 20 ms per repeat, 8 s run timeout; outputs not checked during "
         "the search, the final best of each run re-measured with the output checked: column *verified*). "
         "*guided* = `EvolutionarySearch` (default `EvolutionConfig`: population 128, 3 generations, eps 0.1) "
@@ -206,7 +250,7 @@ def write_report(results: dict, command: str) -> None:
         "in <= 250 trials; 1000 random trials do not fit on this 2-core machine, so random runs R trials and "
         "guided R/4, and the goal column checks the same 4:1 ratio.",
         "",
-        "| task | random trials | random best GFLOP/s | guided trials | guided best GFLOP/s | guided trials to reach random's best | goal (<= R/4) | guided search cand/s | wall random / guided (s) | verified random / guided GFLOP/s |",
+        "| task | random trials | random best GFLOP/s | guided trials | guided best GFLOP/s | guided trials to reach random's best | goal (<= R/4) | guided search cand/s | search + measure s, random / guided | verified random / guided GFLOP/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_task: dict[str, dict] = {}
@@ -236,9 +280,8 @@ def write_report(results: dict, command: str) -> None:
             if run:
                 extra = (f", {run['scored']} candidates scored by the cost model ({run['candidates_per_s']:.0f}/s, "
                          f"{run['predict_s']:.0f} s of it featurizing + predicting)" if run.get("scored") else "")
-                load = "/".join(f"{x[0]:.1f}" for x in run["load"])
-                lines.append(f"- {name} {strategy}: {run['search_s']:.0f} s of {run['wall_s']:.0f} s wall{extra}; "
-                             f"load average before/after {load}")
+                lines.append(f"- {name} {strategy}: {run['search_s']:.0f} s searching, {run['measure_s']:.0f} s measuring"
+                             f"{extra}; 1-min load average {run['load'][0]:.1f}-{run['load'][1]:.1f}")
     notes = results.get("notes", [])
     if notes:
         lines += ["", "Notes:", "", *[f"- {n}" for n in notes]]
@@ -275,7 +318,7 @@ def main() -> None:
     p.add_argument("--random-trials", type=int, default=400, help="random trials per conv task")
     p.add_argument("--guided-trials", type=int, default=100)
     p.add_argument("--matmul-random-trials", type=int, default=160, help="random trials for the (slow) matmul")
-    p.add_argument("--matmul-guided-trials", type=int, default=48)
+    p.add_argument("--matmul-guided-trials", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="ignore finished runs in the results file")
     p.add_argument("--report-only", action="store_true")
@@ -293,12 +336,10 @@ def main() -> None:
             is_mm = task.name.startswith("matmul")
             budgets = {"random": args.matmul_random_trials if is_mm else args.random_trials,
                        "guided": args.matmul_guided_trials if is_mm else args.guided_trials}
-            for strategy, trials in budgets.items():
-                key = f"{task.name}/{strategy}"
-                if key in results["runs"] and results["runs"][key]["trials"] >= trials:
-                    continue
-                print(f"{key}: {trials} trials", flush=True)
-                results["runs"][key] = run_one(task, target, strategy, trials, seed=args.seed)
+            if not all(results["runs"].get(f"{task.name}/{s}", {}).get("trials", -1) >= n for s, n in budgets.items()):
+                print(f"{task.name}: {budgets}", flush=True)
+                for run in run_task(task, target, budgets, seed=args.seed):
+                    results["runs"][f"{task.name}/{run['strategy']}"] = run
                 RESULTS.write_text(json.dumps(results, indent=1))
             verify(task, target, [results["runs"][f"{task.name}/{s}"] for s in budgets])
             RESULTS.write_text(json.dumps(results, indent=1))

@@ -10,7 +10,8 @@
 
 Every intermediate (scores, scaled, masked, softmax) must have no other reader and not be
 a graph output, so nothing is computed twice.  `match_attention` returns a Match or None
-(a failed match is a value, not an exception); `fuse_attention` applies every match.
+(a failed match is a value, not an exception); `fuse_attention` applies every match and
+`count_attention` reports how many attention nodes a graph has.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ir import Graph, Node, TensorType
 from ..errors import GraphError, ShapeError
+from .ir import Graph, Node, TensorType
 from .ops import broadcast_shapes, infer_type
 
 FLOATS = ("float16", "float32", "float64")
@@ -40,10 +41,16 @@ class Match:
 
 @dataclass(frozen=True)
 class _Env:
+    """The graph with its producer / reader maps, built once per pass."""
+
     graph: Graph
     producers: dict[str, Node]
     users: dict[str, list[Node]]
     outputs: frozenset[str]
+
+    @staticmethod
+    def of(graph: Graph) -> "_Env":
+        return _Env(graph, graph.node_map(), graph.consumers(), frozenset(graph.outputs))
 
     def private(self, value: str) -> Node | None:
         """The producer of an intermediate that only one node reads and that is not an output."""
@@ -70,11 +77,11 @@ def count_attention(graph: Graph) -> int:
 
 def fuse_attention(graph: Graph) -> Graph:
     """Replace every matched attention subgraph by one `attention` node."""
-    env = _Env(graph, graph.node_map(), graph.consumers(), frozenset(graph.outputs))
+    env = _Env.of(graph)
     matches: dict[str, Match] = {}
     claimed: set[str] = set()
     for node in graph.nodes:
-        m = match_attention(env, node)
+        m = _match(env, node)
         if m is not None and not (m.removed & claimed):
             matches[node.name] = m
             claimed |= m.removed
@@ -95,8 +102,12 @@ def fuse_attention(graph: Graph) -> Graph:
 
 
 # --------------------------------------------------------------------------- matching
-def match_attention(env: _Env, out: Node) -> Match | None:
-    """Match the pattern ending at `out` (the P·V matmul)."""
+def match_attention(graph: Graph, out: Node) -> Match | None:
+    """The attention pattern ending at `out` (the P·V matmul), or None."""
+    return _match(_Env.of(graph), out)
+
+
+def _match(env: _Env, out: Node) -> Match | None:
     if out.op != "matmul" or out.type.dtype not in FLOATS:
         return None
     soft = env.private(out.inputs[0])

@@ -115,10 +115,6 @@ for _op in UNARY:
     LOWER[_op] = _make_unary(_op)
 
 
-def _div(a, b):
-    if "int" in _dt(a):
-        return tirx.truncdiv(a, b)
-    return a / b
 
 
 def _pow(a, b):
@@ -133,7 +129,6 @@ BINARY = {
     "add": lambda a, b: a + b,
     "sub": lambda a, b: a - b,
     "mul": lambda a, b: a * b,
-    "div": _div,
     "pow": _pow,
     "minimum": tirx.min,
     "maximum": tirx.max,
@@ -160,6 +155,16 @@ def _make_binary(op):
 
 for _op in BINARY:
     LOWER[_op] = _make_binary(_op)
+
+
+@lowering("div")
+def _div(inputs, attrs, out_type):
+    def div(a, b):
+        if "int" not in _dt(a):
+            return a / b
+        return tirx.truncdiv(a, b) if attrs.get("rounding", "floor") == "trunc" else tirx.floordiv(a, b)
+
+    return _elementwise(div, out_type, inputs[0], inputs[1], name="T_div")
 
 
 @lowering("where")
@@ -242,7 +247,7 @@ def _pool2d(inputs, attrs, out_type):
     kind = attrs["kind"]
     (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["strides"], attrs["dilations"]
     pt, pl, pb, pr = attrs["pads"]
-    fill = tvm.tirx.min_value(_dt(x)).value if kind == "max" else 0.0
+    fill = tvm.tirx.min_value(_dt(x)).value if kind in ("max", "argmax") else 0.0
     padded = pad_nchw(x, attrs["pads"], fill)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
@@ -251,8 +256,9 @@ def _pool2d(inputs, attrs, out_type):
     def window(n, c, y, z):
         return padded[n, c, y * sh + ry * dh, z * sw + rx * dw]
 
-    if kind == "max":
-        return te.compute(out_type.shape, lambda n, c, y, z: te.max(window(n, c, y, z), axis=[ry, rx]), name="pool_max")
+    if kind in ("max", "argmax"):
+        mx = te.compute(out_type.shape, lambda n, c, y, z: te.max(window(n, c, y, z), axis=[ry, rx]), name="pool_max")
+        return mx if kind == "max" else _pool_argmax(x, padded, mx, attrs, out_type)
     total = te.compute(out_type.shape, lambda n, c, y, z: te.sum(window(n, c, y, z), axis=[ry, rx]), name="pool_sum")
     if attrs.get("count_include_pad"):
         # the window is clipped to the explicitly padded input (not ceil_mode's extra), as ONNX Runtime does
@@ -270,6 +276,29 @@ def _pool2d(inputs, attrs, out_type):
                 return tirx.max(last - first + 1, 1)
             return (inside(y * sh, kh, dh, pt, h) * inside(z * sw, kw, dw, pl, w)).astype(_dt(x))
     return te.compute(out_type.shape, lambda n, c, y, z: total[n, c, y, z] / count(y, z), name="pool_avg")
+
+
+def _pool_argmax(x, padded, mx, attrs, out_type):
+    """MaxPool's Indices: the first (row-major) window position holding the maximum, as a flat NCHW index."""
+    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["strides"], attrs["dilations"]
+    pt, pl = attrs["pads"][:2]
+    _, ch, h, w = (int(d) for d in x.shape)
+    ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+
+    def first(n, c, y, z):
+        yy, xx = (y * sh + ry * dh - pt).astype("int64"), (z * sw + rx * dw - pl).astype("int64")
+        hit = tirx.all(yy >= 0, yy < h, xx >= 0, xx < w, padded[n, c, y * sh + ry * dh, z * sw + rx * dw] == mx[n, c, y, z])
+        return te.min(tirx.Select(hit, yy * w + xx, tvm.tirx.max_value("int64")), axis=[ry, rx])
+
+    pos = te.compute(out_type.shape, first, name="pool_argmax")
+
+    def flat(n, c, y, z):
+        p = pos[n, c, y, z]
+        if attrs.get("storage_order", 0):
+            p = tirx.floormod(p, w) * h + tirx.floordiv(p, w)
+        return p + (n.astype("int64") * ch + c.astype("int64")) * (h * w)
+
+    return te.compute(out_type.shape, flat, name="pool_indices")
 
 
 @lowering("reduce")
@@ -448,7 +477,9 @@ def _pad(inputs, attrs, out_type):
 
 @lowering("resize")
 def _resize(inputs, attrs, out_type):
-    """Separable resampling with the taps of `ops._resize_axis`: the same kernels in closed form."""
+    """Separable resampling with the taps of `ops._resize_axis`.  Linear and cubic axes get small
+    [out, taps] index and weight tables, and the output is a reduction over the taps, which keeps
+    the expressions small (inlining 4^2 cubic taps, each with its weight, swamps TVM's simplifier)."""
     x = inputs[0]
     nd, dtype = len(x.shape), _dt(x)
     in_shape, out_shape = [int(d) for d in x.shape], out_type.shape
@@ -456,64 +487,84 @@ def _resize(inputs, attrs, out_type):
     mode, coord = attrs["mode"], attrs["coord_mode"]
     acc = "float64" if dtype == "float64" else "float32"  # interpolation; coordinates are float64
 
-    def kernel(d):
-        d = tirx.abs(d)
-        if mode == "linear":
-            return tirx.max(_const(1, acc) - d, _const(0, acc))
-        a = attrs.get("cubic_a", -0.75)
-        near = ((a + 2) * d - (a + 3)) * d * d + 1.0
-        far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
-        return tirx.Select(d <= 1.0, near, tirx.Select(d < 2.0, far, _const(0, acc)))
+    def src_of(a, i):
+        return resize_source_index(i.astype("float64"), in_shape[a], out_shape[a], attrs["scales"][a], coord, (roi[a], roi[a + nd]))
 
     def clamp(j, n):
         return tirx.max(tirx.min(j, tirx.const(n - 1, "int64")), tirx.const(0, "int64"))
 
-    def axis_taps(a, i):
-        """([(source index, weight or None)], outside-the-crop condition or None) for output index i."""
-        n_in, n_out, scale = in_shape[a], out_shape[a], attrs["scales"][a]
-        axis_roi = (roi[a], roi[a + nd])
-        if resize_axis_is_identity(n_in, n_out, scale, coord, axis_roi):
-            return [(i, None)], None
-        src = resize_source_index(i.astype("float64"), n_in, n_out, scale, coord, axis_roi)
-        outside = tirx.Or(src < 0.0, src > float(n_in - 1)) if coord == "tf_crop_and_resize" else None
-        if mode == "nearest":
-            return [(clamp(_nearest(src, attrs.get("nearest_mode", "round_prefer_floor")).astype("int64"), n_in), None)], outside
-        s, start, taps = resize_window(mode, scale, attrs.get("antialias", False))
-        idx = [tirx.floor(src).astype("int64") + (start + t) for t in range(taps)]
-        w = [kernel(((j.astype("float64") - src) * s).astype(acc)) for j in idx]
-        if attrs.get("exclude_outside"):
-            w = [tirx.Select(tirx.all(j >= 0, j < n_in), wj, _const(0, acc)) for j, wj in zip(idx, w)]
-        if attrs.get("exclude_outside") or attrs.get("antialias"):  # else the weights already sum to 1
-            total = w[0]
-            for wj in w[1:]:
-                total = total + wj
-            total = tirx.Select(total == 0.0, _const(1, acc), total)
-            w = [wj / total for wj in w]
-        return [(clamp(j, n_in), wj) for j, wj in zip(idx, w)], outside
+    resized = [a for a in range(nd) if not resize_axis_is_identity(in_shape[a], out_shape[a], attrs["scales"][a], coord, (roi[a], roi[a + nd]))]
+    tables = {a: _resize_tables(a, src_of, in_shape[a], out_shape[a], attrs) for a in resized if mode != "nearest"}
+    taps = {a: te.reduce_axis((0, int(tables[a][0].shape[1])), name=f"t{a}") for a in tables}
 
-    def body(*idx):
-        terms, outside = [([], None)], []
+    def source(idx):
+        index, weight = [], None
         for a, i in enumerate(idx):
-            taps, out_a = axis_taps(a, i)
-            terms = [(p + [j], w if wj is None else (wj if w is None else w * wj)) for p, w in terms for j, wj in taps]
-            if out_a is not None:
-                outside.append(out_a)
-        if all(w is None for _, w in terms):  # nearest: a copy, in the input's type
-            value = x(*terms[0][0])
-        else:
-            value = None
-            for p, w in terms:
-                v = x(*p).astype(acc) * w
-                value = v if value is None else value + v
-            if "int" in dtype:  # round and saturate, as ONNX casts back to integers
-                info = tvm.tirx.min_value(dtype).value, tvm.tirx.max_value(dtype).value
-                value = tirx.min(tirx.max(tirx.round(value), _const(info[0], acc)), _const(info[1], acc))
-            value = value.astype(dtype)
-        if outside:
-            value = tirx.Select(tirx.any(*outside), _const(attrs.get("extrapolation_value", 0.0), dtype), value)
+            if a not in resized:
+                index.append(i)
+            elif a in tables:
+                index.append(tables[a][0][i, taps[a]])
+                w = tables[a][1][i, taps[a]]
+                weight = w if weight is None else weight * w
+            else:
+                near = _nearest(src_of(a, i), attrs.get("nearest_mode", "round_prefer_floor"))
+                index.append(clamp(near.astype("int64"), in_shape[a]))
+        return index, weight
+
+    if tables:
+        value = te.compute(out_shape, lambda *i: te.sum(x(*source(i)[0]).astype(acc) * source(i)[1], axis=list(taps.values())),
+                           name="T_resize")
+    else:  # nearest: a gather, in the input's type
+        value = te.compute(out_shape, lambda *i: x(*source(i)[0]), name="T_resize")
+    outside = coord == "tf_crop_and_resize"
+    if not outside and value.dtype == dtype:
         return value
 
-    return te.compute(out_shape, body, name="T_resize")
+    def finish(*i):
+        v = value(*i)
+        if "int" in dtype and v.dtype != dtype:  # round and saturate, as ONNX casts back to integers
+            lo, hi = tvm.tirx.min_value(dtype).value, tvm.tirx.max_value(dtype).value
+            v = tirx.min(tirx.max(tirx.round(v), _const(float(lo), acc)), _const(float(hi), acc))
+        v = v.astype(dtype)
+        if outside:  # tf_crop_and_resize: samples outside the input take extrapolation_value
+            far = [tirx.Or(src_of(a, i[a]) < 0.0, src_of(a, i[a]) > float(in_shape[a] - 1)) for a in resized]
+            v = tirx.Select(tirx.any(*far), _const(attrs.get("extrapolation_value", 0.0), dtype), v)
+        return v
+
+    return te.compute(out_shape, finish, name="T_resize_out")
+
+
+def _resize_tables(a: int, src_of, n_in: int, n_out: int, attrs) -> tuple[te.Tensor, te.Tensor]:
+    """Clamped source indices and normalized weights [n_out, taps] of a linear / cubic axis."""
+    mode = attrs["mode"]
+    s, start, n_taps = resize_window(mode, attrs["scales"][a], attrs.get("antialias", False))
+    acc = "float32"
+
+    def tap(o, t):  # unclamped
+        return tirx.floor(src_of(a, o)).astype("int64") + (t.astype("int64") + start)
+
+    def kernel(o, t):
+        d = tirx.abs(((tap(o, t).astype("float64") - src_of(a, o)) * s).astype(acc))
+        if mode == "linear":
+            w = tirx.max(_const(1, acc) - d, _const(0, acc))
+        else:
+            k = attrs.get("cubic_a", -0.75)
+            near = ((k + 2) * d - (k + 3)) * d * d + 1.0
+            far = ((k * d - 5 * k) * d + 8 * k) * d - 4 * k
+            w = tirx.Select(d <= 1.0, near, tirx.Select(d < 2.0, far, _const(0, acc)))
+        if attrs.get("exclude_outside"):
+            w = tirx.Select(tirx.all(tap(o, t) >= 0, tap(o, t) < n_in), w, _const(0, acc))
+        return w
+
+    index = te.compute((n_out, n_taps), lambda o, t: tirx.max(tirx.min(tap(o, t), tirx.const(n_in - 1, "int64")),
+                                                                tirx.const(0, "int64")), name=f"T_resize_index{a}")
+    weight = te.compute((n_out, n_taps), kernel, name=f"T_resize_weight{a}")
+    if attrs.get("exclude_outside") or attrs.get("antialias"):  # else the weights already sum to 1
+        r = te.reduce_axis((0, n_taps), name="r")
+        total = te.compute((n_out,), lambda o: te.sum(weight[o, r], axis=r), name=f"T_resize_wsum{a}")
+        weight = te.compute((n_out, n_taps), lambda o, t: weight[o, t] / tirx.Select(total[o] == 0.0, _const(1, acc), total[o]),
+                            name=f"T_resize_wnorm{a}")
+    return index, weight
 
 
 def _nearest(src, mode: str):

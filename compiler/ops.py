@@ -116,10 +116,12 @@ for _name, _fn in UNARY.items():
         (lambda fn: lambda inputs, attrs: fn(inputs[0], attrs))(_fn),
     )
 
-def _int_div(a, b):
-    """Integer division truncating toward zero (C, ONNX Runtime), not numpy's floor."""
+def _int_div(a, b, rounding: str):
+    """Integer division: numpy's floor by default (PyTorch's `//`), or toward zero (ONNX, C) with rounding="trunc"."""
     q = a // b
-    return (q + ((a % b != 0) & ((a < 0) != (b < 0)))).astype(q.dtype)
+    if rounding == "trunc":
+        q = (q + ((a % b != 0) & ((a < 0) != (b < 0)))).astype(q.dtype)
+    return q
 
 
 def _pow(a, b):
@@ -132,7 +134,6 @@ BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "add": np.add,
     "sub": np.subtract,
     "mul": np.multiply,
-    "div": lambda a, b: _int_div(a, b) if np.issubdtype(a.dtype, np.integer) else np.divide(a, b),
     "pow": lambda a, b: _pow(a, b),
     "minimum": np.minimum,
     "maximum": np.maximum,
@@ -161,6 +162,16 @@ def _binary_infer(name):
 
 for _name, _fn in BINARY.items():
     register(_name, ELEMWISE, _binary_infer(_name), (lambda fn: lambda inputs, attrs: fn(inputs[0], inputs[1]))(_fn))
+
+
+def _div_eval(inputs, attrs):
+    a, b = inputs
+    if np.issubdtype(a.dtype, np.integer):
+        return _int_div(a, b, attrs.get("rounding", "floor"))
+    return np.divide(a, b)
+
+
+register("div", ELEMWISE, _binary_infer("div"), _div_eval)
 
 
 def _where_infer(inputs, attrs):
@@ -260,14 +271,14 @@ def _pool_infer(inputs, attrs):
     (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = attrs["kernel"], attrs["strides"], attrs["pads"], attrs["dilations"]
     oh = conv_out_dim(x.shape[2], kh, sh, pt, pb, dh)
     ow = conv_out_dim(x.shape[3], kw, sw, pl, pr, dw)
-    return TensorType((x.shape[0], x.shape[1], oh, ow), x.dtype)
+    return TensorType((x.shape[0], x.shape[1], oh, ow), "int64" if attrs["kind"] == "argmax" else x.dtype)
 
 
 def _pool_eval(inputs, attrs):
     x = inputs[0].astype(np.float64)
     (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = attrs["kernel"], attrs["strides"], attrs["pads"], attrs["dilations"]
     kind = attrs["kind"]
-    fill = -np.inf if kind == "max" else 0.0
+    fill = -np.inf if kind in ("max", "argmax") else 0.0
     pb, pr = max(pb, 0), max(pr, 0)  # a negative high pad (ceil_mode) only shortens the output
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=fill)
     if attrs.get("count_include_pad"):
@@ -279,15 +290,30 @@ def _pool_eval(inputs, attrs):
     oh, ow = out_t.shape[2:]
     acc = np.full((x.shape[0], x.shape[1], oh, ow), fill)
     cnt = np.zeros((oh, ow))
+    where = np.zeros(acc.shape, dtype=np.int64)  # argmax: row-major position in the image
     for r in range(kh):
         for s in range(kw):
             sl = (slice(r * dh, r * dh + sh * (oh - 1) + 1, sh), slice(s * dw, s * dw + sw * (ow - 1) + 1, sw))
             patch = xp[(slice(None), slice(None)) + sl]
-            acc = np.maximum(acc, patch) if kind == "max" else acc + patch
+            if kind == "argmax":  # strictly greater: the first maximum in window order wins
+                pos = (np.arange(oh) * sh + r * dh - pt)[:, None] * x.shape[3] + (np.arange(ow) * sw + s * dw - pl)[None, :]
+                where = np.where(patch > acc, pos, where)
+            acc = np.maximum(acc, patch) if kind in ("max", "argmax") else acc + patch
             cnt += ones[sl]
+    if kind == "argmax":
+        return _flat_index(where, x.shape, attrs.get("storage_order", 0))
     if kind == "avg":
         acc = acc / np.maximum(cnt, 1)
     return acc.astype(inputs[0].dtype)
+
+
+def _flat_index(pos, shape, storage_order: int):
+    """ONNX MaxPool Indices: flat index into the NCHW input (column-major within an image if storage_order)."""
+    n, c, h, w = shape
+    if storage_order:
+        pos = pos % w * h + pos // w
+    base = (np.arange(n)[:, None] * c + np.arange(c)[None, :]) * h * w
+    return pos + base[:, :, None, None]
 
 
 register("pool2d", REDUCTION, _pool_infer, _pool_eval)

@@ -32,7 +32,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .loop_nest import OP_KINDS, Access, Loop, Store, loop_nests, lower, prod as _prod, span as _span, tree_vars as _tree_vars, value as _value
+from .loop_nest import OP_KINDS, Access, Loop, Store, loop_nests, lower
+from .loop_nest import prod as _prod, span as _span, tree_vars as _tree_vars, value as _value
 
 BUFFERS_PER_STORE = 5
 CACHE_LINE_BYTES = 64
@@ -362,7 +363,7 @@ def replay(mod, trace_json: str):
 
     from ..search.sketch import SCHEDULE_ERRORS
 
-    sch = Schedule(mod, seed=1, debug_mask=0)
+    sch = Schedule(mod, seed=1, debug_mask=0, error_render_level="none")
     try:
         Trace.apply_json_to_schedule(json.loads(trace_json), sch)
     except (*SCHEDULE_ERRORS, RuntimeError, ValueError, json.JSONDecodeError):

@@ -29,8 +29,9 @@ OP_KINDS = (
     "int_mad", "int_addsub", "int_mul", "int_divmod", "int_cmp", "int_other_func",
     "bool_op", "select_op",
 )
+# Call op names without their "tirx." / "prim." prefix
 MATH_FUNCS = frozenset(("exp", "exp2", "exp10", "log", "log2", "log10", "log1p", "sqrt", "rsqrt", "tanh", "sigmoid",
-                          "erf", "pow", "sin", "cos", "tan", "atan", "fabs", "floor", "ceil", "round", "trunc", "fmod"))  # op names without their "tirx."/"prim." prefix
+                        "erf", "pow", "sin", "cos", "tan", "atan", "fabs", "floor", "ceil", "round", "trunc", "fmod"))
 
 _LOWER = tvm.transform.Sequential([
     s_tir.transform.CanonicalizeLoop(),

@@ -2,8 +2,9 @@
 
 Two objectives, chosen by XGBConfig.objective:
   "rank"        rank:pairwise, one query group per task, label = normalized throughput
-                (best cost / cost within the task, 0 for failures): learns only the order
-                of candidates of the same task, which is all the search needs.
+                (best cost / cost within the task, 0 for failures) in 1/16ths: learns only
+                the order of candidates of the same task, which is all the search needs, and
+                (the levels) not the order of pairs closer than measurement noise.
   "regression"  Ansor's: squared error on the normalized throughput, each sample weighted by
                 its throughput (fast candidates matter, failures barely).
 bench/cost_model_quality.py compares them on real measurements; the better one is the default.
@@ -49,6 +50,7 @@ class XGBConfig:
     colsample_bytree: float = 1.0
     max_bin: int = 64  # histogram bins per feature: training time grows with it, quality barely
     pairs_per_sample: int = 16  # rank: pairs sampled per candidate within its task
+    rank_levels: int = 16  # rank: label = floor(levels x normalized throughput); 0 = the raw throughput
     min_weight: float = 0.05  # regression: failures and slow candidates still count this much
     min_samples: int = 8  # below this many measured candidates, predict uniform scores
     max_samples: int = 50_000  # the buffer keeps the newest
@@ -134,7 +136,8 @@ class XGBCostModel:
         if cfg.objective == "rank":
             params |= {"objective": "rank:pairwise", "lambdarank_pair_method": "mean",
                        "lambdarank_num_pair_per_sample": cfg.pairs_per_sample}
-            data = xgb.DMatrix(x, label=y, qid=groups)
+            label = np.floor(y * cfg.rank_levels) if cfg.rank_levels else y
+            data = xgb.DMatrix(x, label=label, qid=groups)
         else:
             params |= {"objective": "reg:squarederror"}
             data = xgb.DMatrix(x, label=y, weight=np.maximum(y, cfg.min_weight))

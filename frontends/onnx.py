@@ -166,9 +166,11 @@ def _binary(c: Ctx):
         a_t, b_t = c.b.type(ins[0]), c.b.type(ins[1])
         if a_t.dtype != b_t.dtype and a_t.dtype.startswith("float"):  # integer bases compute in double
             ins = [ins[0], c.b.add("cast", [ins[1]], c.name + "_exp", to=a_t.dtype)]
+    # ONNX integer division truncates toward zero (our div floors, like numpy, unless told)
+    attrs = {"rounding": "trunc"} if op == "div" and not c.b.type(ins[0]).dtype.startswith("float") else {}
     out = ins[0]
     for k, other in enumerate(ins[1:]):
-        out = c.b.add(op, [out, other], c.name if k == len(ins) - 2 else c.name + f"_{k}")
+        out = c.b.add(op, [out, other], c.name if k == len(ins) - 2 else c.name + f"_{k}", **attrs)
     if len(ins) == 1:
         out = c.b.rename(out, c.name)
     return [out]
@@ -311,8 +313,6 @@ def _batch_norm(c: Ctx):
 # --------------------------------------------------------------------------- pooling, reductions
 @converter("MaxPool", "AveragePool")
 def _pool(c: Ctx):
-    if len(c.node.output) > 1 and c.node.output[1]:
-        raise c.fail("MaxPool's Indices output is not supported")
     x = c.input(0)
     x_shape = c.b.shape(x)
     rank = len(x_shape) - 2
@@ -331,6 +331,13 @@ def _pool(c: Ctx):
             pads[i + rank] += grow
             extra[i] = max(grow, 0)
     attrs = {"kind": "max" if c.node.op_type == "MaxPool" else "avg", "count_include_pad": bool(c.attr("count_include_pad", 0))}
+    if len(c.node.output) > 1 and c.node.output[1]:  # MaxPool's Indices
+        if rank != 2:
+            raise c.fail(f"the Indices output of a {rank}-D MaxPool is not supported (2-D is)")
+        indices = c.b.add("pool2d", [x], c.node.output[1], kernel=kernel, strides=strides, pads=pads, dilations=dilations,
+                          ceil_extra=extra, kind="argmax", storage_order=int(c.attr("storage_order", 0)))
+        return [c.b.add("pool2d", [x], c.name, kernel=kernel, strides=strides, pads=pads, dilations=dilations,
+                        ceil_extra=extra, **attrs), indices]
     if rank == 3:
         return [_pool3d(c, x, kernel, strides, dilations, pads, extra, attrs)]
     x = _as_2d(c, x, rank, "x")

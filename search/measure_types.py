@@ -55,7 +55,8 @@ class Candidate:
         """Replay onto a fresh tvm.s_tir.Schedule of `mod`; raises ScheduleError / TVMError if it does not fit."""
         from tvm.s_tir import Schedule, Trace  # lazily: the database must not pay for importing TVM
 
-        sch = Schedule(mod, seed=max(1, seed), debug_mask="all")
+        # default debug mask: "all" rejects legal shared-memory loads whose thread count does not divide the tile
+        sch = Schedule(mod, seed=max(1, seed))
         Trace.apply_json_to_schedule(json.loads(self.trace_json), sch)
         return sch
 

@@ -26,9 +26,9 @@ from tvm.s_tir import Schedule
 
 from ..compiler.lower_attention import FUNC_ATTR, TILE_BLOCK
 from ..targets.base import Target
-from .sketch import Outcome, Rule, SketchContext, block_names, decompose_reductions, new_schedule, register_rule
+from .sketch import Outcome, Rule, SketchContext, decompose_reductions, new_schedule, register_rule
 
-UNROLL_STEPS = (0, 16, 64, 512)
+UNROLL_STEPS = (0, 16)  # hot loops are unrolled explicitly; deeper auto-unroll costs up to 20 s of LLVM per build
 MAX_REGISTER_ROWS = 8
 VECTORIZED = ("q_load", "acc_init", "k_load", "prob", "acc_copy", "store")  # elementwise steps
 PARTIAL_REDUCTIONS = ("row_max_part", "row_sum_part")  # [rows, lanes] partial max / sum
@@ -60,8 +60,8 @@ def schedule_attention_cpu(sch: Schedule, ctx: SketchContext) -> None:
     step = ctx.choose(sch, UNROLL_STEPS, default_index=1)
     sch.annotate(outer, "pragma_auto_unroll_max_step", step)
     sch.annotate(outer, "pragma_unroll_explicit", 1)
-    _register_tile(sch, ctx, "score", consumer="logits", order=("qo", "d", "qi", "kj"))
-    _register_tile(sch, ctx, "pv", consumer="acc_update", order=("qo", "kj", "qi", "dv"))
+    _register_tile(sch, ctx, "score", consumer="logits")  # loops: qi, d (reduce), kj
+    _register_tile(sch, ctx, "pv", consumer="acc_update")  # loops: qi, kj (reduce), dv
     for name in PARTIAL_REDUCTIONS:  # lanes innermost: one vector max / add per key chunk
         block = sch.get_sblock(name)
         _, ko, lane = sch.get_loops(block)[-3:]
@@ -74,13 +74,12 @@ def schedule_attention_cpu(sch: Schedule, ctx: SketchContext) -> None:
             sch.vectorize(inner)
 
 
-def _register_tile(sch: Schedule, ctx: SketchContext, name: str, *, consumer: str, order: tuple[str, ...]) -> None:
-    """Tile a [rows x cols] += a[rows, r] * b[r, cols] block: R rows x a vector of cols per
-    register tile, the reduction between them, the consumer (which reads the accumulator)
-    computed per row tile so the accumulator shrinks to R x cols and stays in registers."""
+def _register_tile(sch: Schedule, ctx: SketchContext, name: str, *, consumer: str) -> None:
+    """Tile a [rows x cols] += a[rows, r] * b[r, cols] block (loops: rows, r, cols) into
+    row_o, col_o, r, R rows, a vector of cols; the consumer (which reads the accumulator) is
+    computed per (row_o, col_o) tile, so the accumulator shrinks to R x vector: registers."""
     block = sch.get_sblock(name)
-    rows, first, second = sch.get_loops(block)[-3:]  # score: qi, d, kj   pv: qi, kj, dv
-    reduce_loop, col = (first, second)
+    rows, reduce_loop, col = sch.get_loops(block)[-3:]
     n_rows, n_cols = _extent(sch, rows), _extent(sch, col)
     r = _largest_divisor(n_rows, 4)
     row_o, row_i = sch.split(rows, ctx.tile(sch, rows, 2, max_innermost=MAX_REGISTER_ROWS, default=[n_rows // r, r]))
@@ -143,11 +142,12 @@ def _inner_condition(sch: Schedule, block: str, ctx: SketchContext) -> Outcome:
     return Outcome.APPLY_AND_SKIP_REST if block != TILE_BLOCK and is_attention(sch) else Outcome.SKIP
 
 
-register_rule(Rule("attention_cpu", _main_condition(False), lambda sch, block, ctx, variant: schedule_attention_cpu(sch, ctx)))
-register_rule(Rule("attention_gpu", _main_condition(True), lambda sch, block, ctx, variant: schedule_attention_gpu(sch, ctx)))
-register_rule(Rule("attention_inner", _inner_condition, lambda sch, block, ctx, variant: None))
+# priority 0: before every generic rule (inline would reach into the kernel's nested blocks)
+register_rule(Rule("attention_cpu", _main_condition(False), lambda sch, block, ctx, variant: schedule_attention_cpu(sch, ctx), priority=0))
+register_rule(Rule("attention_gpu", _main_condition(True), lambda sch, block, ctx, variant: schedule_attention_gpu(sch, ctx), priority=0))
+register_rule(Rule("attention_inner", _inner_condition, lambda sch, block, ctx, variant: None, priority=0))
 
-ATTENTION_RULES = ("attention_inner", "attention_cpu", "attention_gpu")  # put these first in target.rules
+ATTENTION_RULES = ("attention_inner", "attention_cpu", "attention_gpu")  # names for target.rules
 
 
 def default_attention_schedule(task, target: Target) -> Schedule:

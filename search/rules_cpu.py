@@ -7,29 +7,60 @@ context are the heuristic choices of the default schedule.
 
 from __future__ import annotations
 
+import tvm
+import tvm_ffi
 from tvm.s_tir import Schedule
 
-from .sketch import Outcome, Rule, SketchContext, analyze, register_rule
+from .sketch import Outcome, Rule, SketchContext, _vars_in, analyze, register_rule
 
 MAX_INNER_SPATIAL = 64  # largest innermost spatial tile sampled (4 AVX-512 vectors)
 MAX_INNER_REDUCE = 64
 
 
 # --------------------------------------------------------------------------- inline
+EXPENSIVE_CALLS = ("exp", "tanh", "erf", "log", "pow", "sigmoid", "sqrt", "sin", "cos")
+
+
 def _inline_condition(sch: Schedule, block: str, ctx: SketchContext) -> Outcome:
+    """Ansor inlines every strictly inlinable stage; two exceptions are kept as forks where
+    not inlining is the default: a conditional (padding) read by a reduction, which would
+    put a bounds check in the innermost loop (8x slower conv, 1.5x slower pooling, measured), and transcendental
+    math read by several consumers, which inlining would compute several times (softmax's exp).
+    """
     info = analyze(sch, block)
     if info.is_reduction or "O" in info.iter_kinds or info.is_output:
         return Outcome.SKIP
-    if not sch.get_consumers(sch.get_sblock(block)):
+    rv = sch.get_sblock(block)
+    consumers = sch.get_consumers(rv)
+    if not consumers:
         return Outcome.SKIP
-    return Outcome.APPLY_AND_SKIP_REST  # Ansor: strictly inlinable stages are always inlined
+    body = sch.get(rv).body
+    if ctx.target.is_gpu:  # GPU rules fold padding into shared-memory fetches
+        return Outcome.APPLY_AND_SKIP_REST
+    if _calls(body, ("if_then_else",)) and any(analyze(sch, c).is_reduction for c in consumers):
+        return Outcome.MAY_APPLY
+    if len(consumers) > 1 and _calls(body, EXPENSIVE_CALLS):
+        return Outcome.MAY_APPLY
+    return Outcome.APPLY_AND_SKIP_REST
+
+
+def _calls(stmt, names: tuple[str, ...]) -> bool:
+    found = []
+
+    def visit(call):
+        op = getattr(call.op, "name", "")
+        if any(op.endswith("." + n) or op == n for n in names):
+            found.append(op)
+
+    tvm_ffi.structural_walk(stmt, (tvm.ir.expr.Call, visit), order="post")
+    return bool(found)
 
 
 def _inline_apply(sch: Schedule, block: str, ctx: SketchContext, variant: str) -> None:
     sch.compute_inline(sch.get_sblock(block))
 
 
-register_rule(Rule("inline", _inline_condition, _inline_apply))
+register_rule(Rule("inline", _inline_condition, _inline_apply, priority=10))
 
 
 # --------------------------------------------------------------------------- tiling
@@ -63,7 +94,7 @@ def _write_cache_apply(sch: Schedule, block: str, ctx: SketchContext, variant: s
     sch.cache_write(sch.get_sblock(block), 0, "global")
 
 
-register_rule(Rule("write_cache", _write_cache_condition, _write_cache_apply, terminal=False))
+register_rule(Rule("write_cache", _write_cache_condition, _write_cache_apply, terminal=False, priority=20))
 
 
 def _mlt_condition(sch: Schedule, block: str, ctx: SketchContext) -> Outcome:
@@ -81,13 +112,14 @@ def _mlt_variants(sch: Schedule, block: str, ctx: SketchContext) -> tuple[str, .
 
 def _is_write_cache(sch: Schedule, consumer: str) -> bool:
     stmt = sch.get(sch.get_sblock(consumer))
-    return len(stmt.reads) == 1 and stmt.reads[0].buffer.name.endswith("_global")
+    return len(stmt.reads) == 1 and stmt.reads[0].source.name.endswith("_global")
 
 
 def _mlt_apply(sch: Schedule, block: str, ctx: SketchContext, variant: str) -> None:
     """SSRSRS: spatial loops in 4 levels, reductions in 2; the register tile is innermost."""
     rv = sch.get_sblock(block)
     info = analyze(sch, rv)
+    _pack_transposed_operands(sch, block, info)
     loops = sch.get_loops(rv)
     defaults = default_tiles(sch, block, ctx)
     levels_s: list[list] = [[], [], [], []]
@@ -110,7 +142,32 @@ def _mlt_apply(sch: Schedule, block: str, ctx: SketchContext, variant: str) -> N
             sch.reverse_compute_at(sch.get_sblock(consumer), s1[-1])
 
 
-register_rule(Rule("multi_level_tiling_cpu", _mlt_condition, _mlt_apply, variants=_mlt_variants))
+register_rule(Rule("multi_level_tiling_cpu", _mlt_condition, _mlt_apply, variants=_mlt_variants, priority=30))
+
+
+def _pack_transposed_operands(sch: Schedule, block: str, info) -> None:
+    """Copy an operand whose last dimension runs along the reduction but which is indexed by
+    the vectorized axis elsewhere (dense's W[j, k], batch matmul's B[b, j, k]) into a buffer
+    with that axis last, so the innermost loop reads contiguous vectors instead of gathers."""
+    spatial = [i for i, (k, e) in enumerate(zip(info.iter_kinds, info.extents)) if k == "S" and e > 1]
+    if not spatial:
+        return
+    stmt = sch.get(sch.get_sblock(block))
+    vec_var = stmt.iter_vars[spatial[-1]].var
+    reduce_vars = [iv.var for iv, k in zip(stmt.iter_vars, info.iter_kinds) if k == "R"]
+    for index, region in enumerate(stmt.reads):
+        dims = [_vars_in(rng.min) for rng in region.region]
+        if len(dims) < 2 or not dims[-1] or not all(any(v.same_as(r) for r in reduce_vars) for v in dims[-1]):
+            continue
+        moved = [d for d, used in enumerate(dims[:-1]) if len(used) == 1 and any(vec_var.same_as(v) for v in used)]
+        every = set().union(*dims)
+        reused = any(not any(stmt.iter_vars[i].var.same_as(v) for v in every) for i in spatial)
+        if len(moved) != 1 or not reused:  # without reuse (GEMV) the copy costs as much as the product
+            continue
+        d = moved[0]
+        cache = sch.cache_read(sch.get_sblock(block), index, "global")
+        sch.transform_layout(cache, ("write", 0), lambda *idx: (*idx[:d], *idx[d + 1 :], idx[d]))
+        return  # one operand at most: the other is the broadcast one
 
 
 def default_tiles(sch: Schedule, block: str, ctx: SketchContext) -> list[list[int]]:
@@ -153,8 +210,6 @@ def _register_axis(sch: Schedule, block: str, info, vec_axis: int | None) -> int
     stmt = sch.get(sch.get_sblock(block))
     ivars = [iv.var for iv in stmt.iter_vars]
     vec_var = ivars[vec_axis]
-    from .sketch import _vars_in
-
     for region in stmt.reads:
         used = set()
         for rng in region.region:
@@ -225,4 +280,4 @@ def _rfactor_apply(sch: Schedule, block: str, ctx: SketchContext, variant: str) 
     sch.rfactor(inner_loop if variant == "inner" else outer_loop, factor_axis=0)
 
 
-register_rule(Rule("rfactor", _rfactor_condition, _rfactor_apply, variants=_rfactor_variants, terminal=True))
+register_rule(Rule("rfactor", _rfactor_condition, _rfactor_apply, variants=_rfactor_variants, priority=40))

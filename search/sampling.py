@@ -12,13 +12,16 @@ instruction so the trace records the decision:
 from __future__ import annotations
 
 from tvm.s_tir import Schedule
-from tvm.tirx import For, ForKind
+from tvm.sym.pattern import detect_linear_equation
+from tvm.tirx import For, ForKind, IntImm
 
 from .measure_types import Candidate
 from .sketch import (
     SCHEDULE_ERRORS,
     AnnotationRule,
     SketchContext,
+    _get_realize,
+    _vars_in,
     analyze,
     block_names,
     generate_sketches,
@@ -27,6 +30,10 @@ from .sketch import (
 )
 
 UNROLL_STEPS = (0, 16, 64, 512)
+
+
+def _iter_values(sch: Schedule, block):
+    return _get_realize(sch, block).iter_values
 MAX_VECTOR = 64  # longest vectorized loop sampled (elements)
 
 
@@ -51,7 +58,9 @@ def _best_location(sch: Schedule, name: str) -> None:
     block = sch.get_sblock(name)
     work = _work(sch, name)
     consumer = sch.get_consumers(block)[0]
-    for depth in range(len(sch.get_loops(consumer)), 0, -1):
+    kinds = analyze(sch, consumer).loop_kinds
+    spatial_depth = next((i for i, k in enumerate(kinds) if k != "S"), len(kinds))
+    for depth in range(spatial_depth, 0, -1):
         trial = sch.copy()
         try:
             trial.compute_at(trial.get_sblock(name), trial.get_loops(trial.get_consumers(trial.get_sblock(name))[0])[depth - 1])
@@ -76,6 +85,9 @@ def _vectorize(sch: Schedule, ctx: SketchContext) -> None:
         block = sch.get_sblock(name)
         info = analyze(sch, block)
         loops = sch.get_loops(block)
+        if loops and info.loop_kinds[-1] == "R" and not info.reuse and _spatial_inside(sch, block, info):
+            info = analyze(sch, block)
+            loops = sch.get_loops(block)
         if not loops or info.loop_kinds[-1] != "S" or info.loop_extents[-1] <= 1:
             continue
         if len(sch.get_child_blocks(loops[-1])) != 1 or sch.get(loops[-1]).kind != ForKind.SERIAL:
@@ -91,6 +103,34 @@ def _vectorize(sch: Schedule, ctx: SketchContext) -> None:
             sch.vectorize(inner)
         except SCHEDULE_ERRORS:
             continue
+
+
+def _spatial_inside(sch: Schedule, block, info) -> bool:
+    """Move the last spatial loop inside the reduction loops when it walks the contiguous
+    dimension of a read (pooling's x, rfactor's lanes), so it can be vectorized."""
+    loops = sch.get_loops(block)
+    s = max((i for i, k in enumerate(info.loop_kinds) if k == "S"), default=None)
+    if s is None or any(k != "R" for k in info.loop_kinds[s + 1 :]) or info.loop_extents[s] <= 1:
+        return False
+    if any(len(sch.get_child_blocks(lp)) != 1 or sch.get(lp).kind != ForKind.SERIAL for lp in loops[s:]):
+        return False
+    stmt = sch.get(block)
+    var = sch.get(loops[s]).loop_var
+    bound = [iv.var for iv, value in zip(stmt.iter_vars, _iter_values(sch, block)) if any(var.same_as(v) for v in _vars_in(value))]
+    if len(bound) != 1:
+        return False
+    if not any(region.region and _unit_stride(region.region[-1].min, bound[0]) for region in stmt.reads):
+        return False  # strided (pooling with stride 2) vector loads were slower than scalar code
+    try:
+        sch.reorder(*loops[s + 1 :], loops[s])
+    except SCHEDULE_ERRORS:
+        return False
+    return True
+
+
+def _unit_stride(index, var) -> bool:
+    coeffs = detect_linear_equation(index, [var])
+    return len(coeffs) == 2 and isinstance(coeffs[0], IntImm) and int(coeffs[0]) == 1
 
 
 def _vector_split(extent: int, lanes: int) -> list[int]:

@@ -83,6 +83,7 @@ class Outcome(enum.Enum):
     SKIP = "skip"  # the rule does not apply to this block
     APPLY = "apply"  # fork: states with the rule applied, and the state without it
     APPLY_AND_SKIP_REST = "apply_and_skip_rest"  # only the applied states go on
+    MAY_APPLY = "may_apply"  # fork like APPLY, but the state without the rule comes first (the default)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Rule:
     apply: Callable[[Schedule, str, SketchContext, str], None]
     variants: Callable[[Schedule, str, SketchContext], tuple[str, ...]] = lambda sch, block, ctx: ("",)
     terminal: bool = True  # the block is finished after this rule (else later rules still see it)
+    priority: int = 50  # rules are tried in this order (Ansor's fixed order), whatever target.rules says
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ def _load_rule_modules() -> None:
 
 def rules_for(target: Target) -> tuple[list[Rule], list[AnnotationRule]]:
     _load_rule_modules()
-    sketch = [SKETCH_RULES[n] for n in target.rules if n in SKETCH_RULES]
+    sketch = sorted((SKETCH_RULES[n] for n in target.rules if n in SKETCH_RULES), key=lambda r: r.priority)
     annotation = [ANNOTATION_RULES[n] for n in target.rules if n in ANNOTATION_RULES]
     return sketch, annotation
 
@@ -187,12 +189,14 @@ def analyze(sch: Schedule, block: "SBlockRV | str") -> BlockInfo:
         isinstance(v, tvm.tirx.Var) and v.same_as(lp.loop_var) for v, lp in zip(realize.iter_values, loops)
     )
     spatial_vars = [iv.var for iv, k, e in zip(stmt.iter_vars, kinds, extents) if k == "S" and e != 1]
+    reduce_vars = [iv.var for iv, k in zip(stmt.iter_vars, kinds) if k == "R"]
     reuse = False
-    for region in stmt.reads:
+    for region in stmt.reads:  # an operand read along the reduction but not along some spatial axis
         used = set()
         for rng in region.region:
             used |= _vars_in(rng.min)
-        if any(not any(v.same_as(u) for u in used) for v in spatial_vars):
+        along_reduction = any(any(v.same_as(u) for u in used) for v in reduce_vars)
+        if along_reduction and any(not any(v.same_as(u) for u in used) for v in spatial_vars):
             reuse = True
     parent = sch.get_sref(rv).parent if not loops else sch.get_sref(sch.get_loops(rv)[0]).parent
     root_level = parent is not None and parent.parent is None
@@ -271,40 +275,34 @@ def generate_sketches(task, target: Target, *, max_sketches: int = 16) -> list[S
     return [Sketch(steps) for _, steps in states]
 
 
-def _expand(sch: Schedule, steps: tuple[Step, ...], block: str, rules: list[Rule], ctx: SketchContext):
-    """The states that come out of applying rules[...] to `block` (depth-first, applied first)."""
-    out = []
-    pending = [(sch, steps, 0)]
-    while pending:
-        cur, cur_steps, start = pending.pop(0)
-        if not has_block(cur, block):  # inlined or merged away by an earlier step
-            out.append((cur, cur_steps))
+def _expand(sch: Schedule, steps: tuple[Step, ...], block: str, rules: list[Rule], ctx: SketchContext, start: int = 0):
+    """The states that come out of rules[start:] applied to `block`, in preference order."""
+    if not has_block(sch, block):  # inlined or merged away by an earlier step
+        return [(sch, steps)]
+    for index in range(start, len(rules)):
+        rule = rules[index]
+        outcome = rule.condition(sch, block, ctx)
+        if outcome is Outcome.SKIP:
             continue
-        done = False
-        for index in range(start, len(rules)):
-            rule = rules[index]
-            outcome = rule.condition(cur, block, ctx)
-            if outcome is Outcome.SKIP:
+        applied = []
+        for variant in rule.variants(sch, block, ctx):
+            child = sch.copy()
+            try:
+                rule.apply(child, block, ctx, variant)
+            except SCHEDULE_ERRORS:
                 continue
-            children = []
-            for variant in rule.variants(cur, block, ctx):
-                child = cur.copy()
-                try:
-                    rule.apply(child, block, ctx, variant)
-                except SCHEDULE_ERRORS:
-                    continue
-                children.append((child, cur_steps + (Step(block, rule.name, variant),)))
-            for child, child_steps in children:
-                if rule.terminal:
-                    out.append((child, child_steps))
-                else:
-                    pending.append((child, child_steps, index + 1))
-            if children and outcome is Outcome.APPLY_AND_SKIP_REST:
-                done = True
-                break
-        if not done:
-            out.append((cur, cur_steps + (Step(block, "skip"),)))
-    return out
+            child_steps = steps + (Step(block, rule.name, variant),)
+            if rule.terminal:
+                applied.append((child, child_steps))
+            else:
+                applied.extend(_expand(child, child_steps, block, rules, ctx, index + 1))
+        if not applied:
+            continue
+        if outcome is Outcome.APPLY_AND_SKIP_REST:
+            return applied
+        rest = _expand(sch, steps, block, rules, ctx, index + 1)
+        return rest + applied if outcome is Outcome.MAY_APPLY else applied + rest
+    return [(sch, steps + (Step(block, "skip"),))]
 
 
 def instantiate(sketch: Sketch, mod: tvm.IRModule, ctx: SketchContext, *, seed: int = 1) -> Schedule:

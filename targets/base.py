@@ -16,7 +16,8 @@ from tvm.target import codegen
 from ..errors import TargetError
 
 CPU_RULES = ("inline", "multi_level_tiling_cpu", "write_cache", "rfactor", "parallel_vectorize_unroll")
-GPU_RULES = ("inline", "multi_level_tiling_gpu", "write_cache", "cross_thread_reduction", "shared_cache_read", "thread_bind")
+# attention rules first: otherwise the generic inline rule reaches into the attention kernel's nested blocks
+GPU_RULES = ("attention_inner", "attention_cpu", "attention_gpu", "inline", "multi_level_tiling_gpu", "cross_thread_reduction", "thread_bind")
 
 
 @dataclass(frozen=True)
