@@ -172,6 +172,12 @@ def _guarded(fn, args) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug of ours, not bad input: still one line, traceback on request
+        if os.environ.get("TILECRAFT_DEBUG"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[-1]
+        print(f"internal error: {type(e).__name__}: {first} (set TILECRAFT_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 def tune_main(argv: list[str] | None = None) -> int:

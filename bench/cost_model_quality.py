@@ -325,6 +325,37 @@ def evaluate_seen(data, factories, *, seeds: int = 3) -> tuple[dict, dict]:
     return table, per_task
 
 
+def evaluate_retested(data, factories, sessions_costs) -> dict:
+    """(a') like (a), but the test set is each task's re-measured candidates and their truth the geometric
+    mean of both sessions (less noisy); training uses every other candidate of every task."""
+    from tilecraft.cost_model.base import normalized_throughput
+    from tilecraft.search.database import trace_hash
+
+    table = {}
+    for name, factory in factories.items():
+        model, tests = factory(), []
+        for task, cands, costs, _ in data:
+            second = sessions_costs.get(task.name, {})
+            test = [i for i, c in enumerate(cands) if trace_hash(c.trace_json) in second]
+            train = [i for i in range(len(cands)) if i not in set(test)]
+            _add(model, task, [cands[i] for i in train], _results(costs[train]))
+            truth_costs = np.sqrt(costs[test] * np.asarray([second[trace_hash(cands[i].trace_json)] for i in test]))
+            tests.append((task, [cands[i] for i in test], normalized_throughput(truth_costs)))
+        _retrain(model)
+        rows = [metrics(model.predict(task, cands), truth) for task, cands, truth in tests if len(cands) >= 10]
+        table[name] = {k: float(np.nanmean([r[k] for r in rows])) for k in METRICS}
+    return table
+
+
+def second_session_costs(data, target, retest_db) -> dict[str, dict[str, float]]:
+    """{task name: {trace hash: mean cost of the re-measurement}}."""
+    from tilecraft.cost_model.base import cost_of
+    from tilecraft.search.database import trace_hash
+
+    return {t.name: {trace_hash(r.candidate.trace_json): cost_of(r.result)
+                     for r in retest_db.records(t.workload_key, target.key)} for t, _, _, _ in data}
+
+
 def evaluate_unseen(data, factories) -> tuple[dict, dict]:
     """(b) leave one task out: train on every other task, test on all of its candidates."""
     from tilecraft.cost_model.base import normalized_throughput
@@ -347,17 +378,22 @@ def evaluate_unseen(data, factories) -> tuple[dict, dict]:
     return table, per_task
 
 
-def feature_speed(data, target) -> list[tuple[str, int, float]]:
-    """Cold-cache feature extraction per task: (task, candidates, candidates/s)."""
+def feature_speed(data, target, *, tries: int = 2) -> list[tuple[str, int, float, float]]:
+    """Cold-cache feature extraction per task: (task, candidates, candidates/s, load average then).
+
+    The best of `tries` (a fresh extractor each): other jobs' load on this box only ever slows it down."""
     from tilecraft.cost_model.features import FeatureExtractor
 
     out = []
     for task, cands, _, _ in data:
         sample = cands[:100]
-        fx = FeatureExtractor(target)
-        t0 = time.perf_counter()
-        fx.extract(task, sample)
-        out.append((task.name, len(sample), len(sample) / (time.perf_counter() - t0)))
+        best = 0.0
+        for _ in range(tries):
+            fx = FeatureExtractor(target)
+            t0 = time.perf_counter()
+            fx.extract(task, sample)
+            best = max(best, len(sample) / (time.perf_counter() - t0))
+        out.append((task.name, len(sample), best, os.getloadavg()[0]))
     return out
 
 
@@ -402,7 +438,30 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def report(*, data, sessions, seen, seen_tasks, unseen, unseen_tasks, feat_speed, overall_speed, train_speed, ceiling,
+def summary(*, seen, retested, unseen, sessions) -> list[str]:
+    from tilecraft.cost_model.xgb_model import XGBConfig
+
+    ceiling = float(np.nanmean([v[1] for v in sessions.values()]))
+    default = "XGB-rank" if XGBConfig().objective == "rank" else "XGB-regression"
+    other = "XGB-regression" if default == "XGB-rank" else "XGB-rank"
+    peer = [m for m in seen if "peer" in m]
+    lines = [
+        f"- Default model: {default} (`XGBConfig().objective`). Pairwise accuracy, seen tasks: {default} "
+        f"{seen[default]['pairwise']:.3f} vs {other} {seen[other]['pairwise']:.3f}; unseen tasks: "
+        f"{unseen[default]['pairwise']:.3f} vs {unseen[other]['pairwise']:.3f}; random {seen['random']['pairwise']:.3f}.",
+        f"- Target 0.85 on seen tasks: {'met' if seen[default]['pairwise'] >= 0.85 else 'NOT met'} "
+        f"({seen[default]['pairwise']:.3f}). Two measurement sessions of the same candidates agree on only "
+        f"{ceiling:.3f} of pairs on average on this shared 2-core box, so no model can score much above that against",
+        f"  one session's labels; {default} reaches {seen[default]['pairwise'] / ceiling:.0%} of it. Against the "
+        f"less noisy two-session truth (a') it scores {retested[default]['pairwise']:.3f}.",
+    ]
+    if peer:
+        lines.append(f"- MetaSchedule's PerStoreFeature + XGBModel on the same splits: {seen[peer[0]]['pairwise']:.3f} "
+                     f"(seen), {unseen[peer[0]]['pairwise']:.3f} (unseen).")
+    return lines
+
+
+def report(*, data, sessions, seen, retested, seen_tasks, unseen, unseen_tasks, feat_speed, overall_speed, train_speed, ceiling,
            command: str, seconds: float) -> str:
     from tilecraft.cost_model.features import NUM_FEATURES
 
@@ -413,6 +472,10 @@ def report(*, data, sessions, seen, seen_tasks, unseen, unseen_tasks, feat_speed
         f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         f"- command: `{command}` ({seconds:.0f} s, dataset reused from `bench/work/cost_model.db`)",
         f"- features: {NUM_FEATURES} per candidate (cost_model/features.py); models: XGBoost 100 rounds, depth 6",
+        "",
+        "## Summary",
+        "",
+        *summary(seen=seen, retested=retested, unseen=unseen, sessions=sessions),
         "",
         "## Dataset (random sampled candidates, measured on this CPU)",
         "",
@@ -433,6 +496,13 @@ def report(*, data, sessions, seen, seen_tasks, unseen, unseen_tasks, feat_speed
         "",
         _table(["model", *METRICS], [[m, *[v[k] for k in METRICS]] for m, v in seen.items()]),
         "",
+        "## (a') The same, tested on the re-measured candidates against both sessions' geometric mean",
+        "",
+        "Test set: each task's `--retest` candidates; truth: the geometric mean of their two measurements",
+        "(less noisy than one); training: all other candidates of all tasks.",
+        "",
+        _table(["model", *METRICS], [[m, *[v[k] for k in METRICS]] for m, v in retested.items()]),
+        "",
         "## (b) Unseen tasks (leave one task out, averaged over tasks)",
         "",
         _table(["model", *METRICS], [[m, *[v[k] for k in METRICS]] for m, v in unseen.items()]),
@@ -452,8 +522,8 @@ def report(*, data, sessions, seen, seen_tasks, unseen, unseen_tasks, feat_speed
         "",
         "## Speed",
         "",
-        _table(["task", "candidates", "features/s (cold cache: replay + lower + features)"],
-               [[n, k, round(v, 1)] for n, k, v in feat_speed]),
+        _table(["task", "candidates", "features/s (cold cache: replay + lower + features)", "load average"],
+               [[n, k, round(v, 1), round(load, 1)] for n, k, v, load in feat_speed]),
         "",
         f"All {sum(len(c) for _, c, _, _ in data)} candidates: {overall_speed:.1f} candidates/s (cold cache, one process).",
         "",
@@ -492,6 +562,7 @@ def main(argv=None) -> int:
             return 0
         data = [d for d in load_dataset(tasks, target, db) if len(d[1]) >= 10]
         sessions = {t.name: test_retest_agreement(t, target, db, retest_db) for t, _, _, _ in data}
+        second = second_session_costs(data, target, retest_db)
     print(f"dataset: {[(t.name, len(c)) for t, c, _, _ in data]}", flush=True)
     rng = np.random.default_rng(0)
     ceiling = {t.name: noise_ceiling(k, reps, rng) for t, _, k, reps in data}
@@ -509,10 +580,12 @@ def main(argv=None) -> int:
     print("seen:", seen, flush=True)
     unseen, unseen_tasks = evaluate_unseen(data, factories)
     print("unseen:", unseen, flush=True)
+    retested = evaluate_retested(data, factories, second)
+    print("retested:", retested, flush=True)
     train_speed = training_speed(data, target, extractor)
 
     command = "python bench/cost_model_quality.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
-    text = report(data=data, sessions=sessions, seen=seen, seen_tasks=seen_tasks, unseen=unseen, unseen_tasks=unseen_tasks,
+    text = report(data=data, sessions=sessions, seen=seen, retested=retested, seen_tasks=seen_tasks, unseen=unseen, unseen_tasks=unseen_tasks,
                   feat_speed=feat_speed, overall_speed=overall, train_speed=train_speed, ceiling=ceiling,
                   command=command.strip(), seconds=time.time() - started)
     Path(args.out).write_text(text)

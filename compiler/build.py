@@ -69,12 +69,19 @@ def build_relax_module(graph: Graph, table: TaskTable, scheduled: dict[str, tvm.
 
             def value(name: str) -> relax.Expr:
                 if name not in env:
-                    array = np.ascontiguousarray(graph.constants[name])
+                    array = np.asarray(graph.constants[name])  # not ascontiguousarray: it makes 0-d 1-d
+                    array = array if array.flags.c_contiguous else array.copy(order="C")
                     # relax.const narrows int64 to int32 unless told the dtype
                     env[name] = relax.const(array, dtype=str(array.dtype))
                 return env[name]
 
             for node in graph.nodes:
+                if node.name in table.reshapes and 0 in node.type.shape:
+                    # an empty result: relax's reshape rejects a 0 in the new shape and an empty
+                    # constant does not serialize, so allocate the (empty) tensor directly
+                    shape = relax.ShapeExpr([int(d) for d in node.type.shape])
+                    env[node.name] = bb.emit(relax.op.builtin.alloc_tensor(shape, node.type.dtype, 0))
+                    continue
                 if node.name in table.reshapes:
                     env[node.name] = bb.emit(relax.op.reshape(value(node.inputs[0]), node.type.shape))
                     continue

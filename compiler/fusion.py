@@ -84,6 +84,9 @@ def _merge_elementwise_dags(groups, group_of, users, outputs, position) -> list[
     Neither step can create a cycle: the absorbed output has no reader outside the merged group."""
     gone: set[int] = set()
 
+    def frozen(group: _Group) -> bool:  # an already fused node (optimize ran twice) stays as it is
+        return any(n.op == "fused" for n in group.nodes)
+
     def absorb(into: _Group, other: _Group) -> None:
         into.nodes = sorted(into.nodes + other.nodes, key=lambda n: position[n.name])
         for n in other.nodes:
@@ -95,16 +98,16 @@ def _merge_elementwise_dags(groups, group_of, users, outputs, position) -> list[
         return list(found.values())
 
     for group in groups:  # in topological order, so chains melt front to back
-        if group.anchor or id(group) in gone or group.output.name in outputs:
+        if group.anchor or id(group) in gone or group.output.name in outputs or frozen(group):
             continue
         readers = reader_groups(group)
-        if len(readers) == 1 and not readers[0].anchor and readers[0] is not group:
+        if len(readers) == 1 and not readers[0].anchor and readers[0] is not group and not frozen(readers[0]):
             absorb(readers[0], group)
     for group in groups:
-        if not group.anchor or id(group) in gone or group.output.name in outputs:
+        if not group.anchor or id(group) in gone or group.output.name in outputs or frozen(group):
             continue
         readers = reader_groups(group)
-        if len(readers) != 1 or readers[0] is group:
+        if len(readers) != 1 or readers[0] is group or frozen(readers[0]):
             continue
         epilogue, out = readers[0], group.output
         if epilogue.anchor or any(op_kind(n.op) != ELEMWISE or n.type.shape != out.type.shape for n in epilogue.nodes):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import GraphError
 
-DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8", "bool")
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ class Module:
         self.device = tvm.device(self.device_type, 0)
         if self.device_type != "cpu" and not self.device.exist:
             raise ModuleLoadError(f"{path or 'module'} was built for {self.device_type}, which this machine does not have")
-        self.vm = relax.VirtualMachine(executable, self.device)
+        # a CPU module reuses the VM that read the metadata (each VM uploads every constant)
+        self.vm = vm_meta if self.device_type == "cpu" else relax.VirtualMachine(executable, self.device)
 
     # -- loading / saving ------------------------------------------------------
     @staticmethod
@@ -91,7 +92,9 @@ class Module:
                 raise InputError(f"input {name!r} has shape {list(value.shape)}, the model expects {spec['shape']}")
             if str(value.dtype) != spec["dtype"]:
                 raise InputError(f"input {name!r} has dtype {value.dtype}, the model expects {spec['dtype']}")
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(value), self.device))
+            # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
+            value = value if value.flags.c_contiguous else value.copy(order="C")
+            args.append(tvm.runtime.tensor(value, self.device))
         return args
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

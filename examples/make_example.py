@@ -17,7 +17,7 @@ def build(seed: int = 0) -> onnx.ModelProto:
 
     def weight(name, *shape, scale=None):
         fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
-        w = rng.standard_normal(shape).astype(np.float32) * (scale or np.sqrt(2.0 / fan_in))
+        w = (rng.standard_normal(shape) * (scale or np.sqrt(2.0 / fan_in))).astype(np.float32)
         inits.append(numpy_helper.from_array(w, name))
         return name
 

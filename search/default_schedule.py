@@ -12,11 +12,15 @@ from __future__ import annotations
 from tvm.s_tir import Schedule
 
 from ..targets.base import Target
-from .sampling import _annotate_cpu
+from .sampling import annotate_cpu
 from .sketch import SCHEDULE_ERRORS, SketchContext, decompose_reductions, generate_sketches, instantiate, new_schedule
 
 
 def default_schedule(task, target: Target) -> Schedule:
+    if target.is_gpu:  # thread binding is a different problem: rules_gpu's deterministic sketch
+        from .default_schedule_gpu import default_gpu_schedule
+
+        return default_gpu_schedule(task, target)
     ctx = SketchContext(target, deterministic=True)
     try:
         sketches = generate_sketches(task, target)
@@ -35,7 +39,7 @@ def simple_schedule(task, target: Target) -> Schedule:
     ctx = SketchContext(target, deterministic=True)
     sch = new_schedule(task.mod)
     try:
-        _annotate_cpu(sch, ctx)
+        annotate_cpu(sch, ctx)
         decompose_reductions(sch)
         return sch
     except SCHEDULE_ERRORS:

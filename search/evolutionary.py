@@ -1,18 +1,20 @@
 """Cost-model-guided evolutionary search (Ansor §5 / MetaSchedule's EvolutionarySearch), one task at a time.
 
     propose(n):
-        population = best measured (warm start) + random samples of the sketches (+ the default)
+        population = best measured (database + this run) + last round's best-scored + random sketch samples
         repeat `generations` times:
             parents  drawn with probability proportional to the cost model's score
             children = mutate(parent) | crossover(parent, mate of the same sketch)   (mutation.py)
-            keep the children that replay, are new, and were never measured; score them
-        batch = (1 - eps) * n best-scored unmeasured + eps * n random samples
+                       (a few re-derive the sketch: parallel granularity, compute location, unit loops)
+            the model scores the new children; one it cannot replay scores -inf and is dropped
+        batch = (1 - eps) * n best-scored unmeasured (spread: no two picks one decision apart)
+                + eps * n random samples; each replayed before it is proposed
     observe(batch, results): the cost model learns from the measured batch (online).
 
 The cost model is injected (one model shared by all tasks of a tuning run), so the search is
 tested with a fake; `make_evolutionary_factory` wires the real one for `search.tuner`.
-Never proposed: a trace whose hash (full or pruned) the database holds, or one this search
-already proposed.
+Never proposed: a trace whose hash (as stored, or pruned) the database holds, or one this
+search already proposed.  `stats` counts the search's own cost (candidates scored per second).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -30,7 +32,8 @@ from ..compiler.task import Task
 from ..targets.base import Target
 from .database import trace_hash
 from .measure_types import Candidate, MeasureResult
-from .mutation import Genome, crossover, genome_of, mutate, realize, rederive, structural_genes
+from .mutation import (Genome, changes_unit_loops, crossover, genome_of, mutate, mutate_structure, realize, rederive,
+                       structural_genes)
 
 
 class CostModel(Protocol):
@@ -54,9 +57,10 @@ class EvolutionConfig:
     eps_greedy: float = 0.1  # share of the batch taken at random instead of by score
     crossover_rate: float = 0.2
     structural_rate: float = 0.05  # share of children that re-derive the sketch (parallel, compute location)
-    structural_per_round: int = 12  # at most this many re-derivations (each costs a sketch instantiation)
+    structural_per_round: int = 24  # at most this many re-derivations (each costs a sketch instantiation)
     elite: int = 16  # best-scored of a generation carried into the next one
-    carry: int = 64  # best-scored unmeasured of a round seeded into the next round's population
+    carry: int = 32  # best-scored unmeasured of a round seeded into the next round's population
+    min_distance: int = 2  # greedy picks differ from each other in >= this many decisions (a spread batch)
     include_default: bool = True  # propose the default schedule first: tuning never ends worse than it
 
 
@@ -91,6 +95,7 @@ class EvolutionarySearch:
         self._best: list[tuple[float, Genome]] = []  # measured, fastest first
         self._pool: dict[str, Genome] = {}  # random samples not proposed yet, by hash
         self._carry: list[Genome] = []  # last round's best-scored unmeasured: evolution goes on from there
+        self._structures: dict[tuple, str] = {}  # gene structure -> sketch name, learnt from the samples
         self._sketches = None
         self._round = 0
         for cand, cost in warm_start:
@@ -99,17 +104,17 @@ class EvolutionarySearch:
     # ------------------------------------------------------------------ the policy interface
     def propose(self, n: int) -> list[Candidate]:
         t0 = time.perf_counter()
+        self._sample(self.config.first_samples if self._round == 0 else self.config.samples_per_round)
         batch: dict[str, Genome] = {}
         if self._round == 0 and self.config.include_default:
             self._add_default(batch)
-        self._sample(self.config.first_samples if self._round == 0 else self.config.samples_per_round)
         ranked = sorted(self._evolve().items(), key=lambda kv: -kv[1][0])
         self._carry = [g for _, (_, g) in ranked[n: n + self.config.carry]]
         n_random = min(len(self._pool), int(round(self.config.eps_greedy * n)))
-        self._take(batch, ((h, g) for h, (_, g) in ranked), n - n_random)
+        self._take(batch, [(h, g) for h, (_, g) in ranked], n - n_random, spread=True)
         spare = list(self._pool.items())
         self._rng.shuffle(spare)
-        self._take(batch, iter(spare), n)  # the eps share, or whatever the ranking could not fill
+        self._take(batch, spare, n)  # the eps share, or whatever the ranking could not fill
         for h in batch:  # never proposed twice, even if the caller drops the batch
             self._seen.add(h)
             self._pool.pop(h, None)
@@ -119,18 +124,27 @@ class EvolutionarySearch:
         self.stats.search_s += time.perf_counter() - t0
         return [g.candidate() for g in batch.values()]
 
-    def _take(self, batch: dict[str, Genome], ranked, size: int) -> None:
-        """Add candidates in order until the batch has `size`; each is replayed first (children were only scored)."""
-        for h, genome in ranked:
-            if len(batch) >= size:
-                return
-            if h in batch or h in self._seen:
-                continue
-            if realize(genome, self.task.mod) is None:
-                self._seen.add(h)
-                self.stats.invalid += 1
-                continue
-            batch[h] = genome
+    def _take(self, batch: dict[str, Genome], ranked: list[tuple[str, Genome]], size: int, *, spread: bool = False) -> None:
+        """Add candidates in order until the batch has `size`; each is replayed first (children were only scored).
+
+        spread: first take only candidates `min_distance` decisions away from those already taken (the
+        best-scored are often siblings of one parent; measuring all of them teaches the model little)."""
+        passes = (True, False) if spread else (False,)
+        for strict in passes:
+            for h, genome in ranked:
+                if len(batch) >= size:
+                    return
+                if h in batch or h in self._seen or (strict and self._too_close(genome, batch.values())):
+                    continue
+                if realize(genome, self.task.mod) is None:
+                    self._seen.add(h)
+                    self.stats.invalid += 1
+                    continue
+                batch[h] = genome
+
+    def _too_close(self, genome: Genome, taken) -> bool:
+        return any(g.genes == genome.genes and sum(a != b for a, b in zip(g.decisions, genome.decisions))
+                   < self.config.min_distance for g in taken)
 
     def observe(self, candidates: Sequence[Candidate], results: Sequence[MeasureResult]) -> None:
         self.model.update(self.task, list(candidates), list(results))
@@ -156,10 +170,16 @@ class EvolutionarySearch:
         cand = default_candidate(self.task, self.target)
         if cand is None or trace_hash(cand.trace_json) in self._seen:
             return
-        genome = genome_of(cand)
+        genome = genome_of(cand)  # proposed as sketch "default"; as a parent it is `_named`
         h = trace_hash(genome.trace_json)
         if h not in self._seen:
             batch[h] = genome
+
+    def _named(self, genome: Genome) -> Genome:
+        """The default schedule (sketch "default") gets the name of the sketch with its gene structure,
+        so its descendants can cross with that sketch's samples and be re-derived."""
+        name = self._structures.get(genome.signature[1])
+        return replace(genome, sketch=name) if name and name != genome.sketch else genome
 
     def _sample(self, k: int) -> None:
         if k <= 0:
@@ -173,6 +193,7 @@ class EvolutionarySearch:
             if trace_hash(cand.trace_json) in self._seen:
                 continue
             genome = genome_of(cand)
+            self._structures.setdefault(genome.signature[1], genome.sketch)
             h = trace_hash(genome.trace_json)
             if h not in self._seen:
                 self._pool[h] = genome
@@ -184,7 +205,7 @@ class EvolutionarySearch:
         Children are not replayed here: the cost model replays them to featurize and scores the
         ones that do not fit -inf, so they are dropped without a second replay."""
         cfg = self.config
-        population = [g for _, g in self._best[: cfg.warm_start]] + self._carry
+        population = [self._named(g) for _, g in self._best[: cfg.warm_start]] + self._carry
         pool = list(self._pool.values())
         self._rng.shuffle(pool)
         population += pool[: max(cfg.population - len(population), 0)]
@@ -229,18 +250,24 @@ class EvolutionarySearch:
 
     def _child(self, parent: Genome, population: list[Genome], by_signature: dict,
                structural: bool) -> tuple[Genome | None, bool]:
-        """A child of `parent` (not replayed yet), and whether making it re-derived the sketch."""
+        """A child of `parent` (replayed later, unless re-derived), and whether making it re-derived the sketch."""
         roll = self._rng.random()
         if roll < self.config.crossover_rate:
             mates = by_signature.get(parent.signature, [])
             if len(mates) > 1:
                 return crossover(parent, population[self._rng.choice(mates)], self._rng), False
-        elif structural and roll < self.config.crossover_rate + self.config.structural_rate:
+        sketch = self._sketch(parent.sketch) if structural else None
+        if sketch is not None and roll < self.config.crossover_rate + self.config.structural_rate:
             genes = structural_genes(parent)
-            sketch = self._sketch(parent.sketch)
-            if genes and sketch is not None:
-                return rederive(parent, self._rng.choice(genes), sketch, self.task, self.target, self._rng), True
-        return mutate(parent, self._rng), False
+            child = mutate_structure(parent, self._rng.choice(genes), self._rng) if genes else None
+            return (None, False) if child is None else (self._rederive(child, sketch), True)
+        child = mutate(parent, self._rng)
+        if child is not None and sketch is not None and changes_unit_loops(parent, child):
+            return self._rederive(child, sketch), True
+        return child, False
+
+    def _rederive(self, genome: Genome, sketch) -> Genome | None:
+        return rederive(genome, sketch, self.task, self.target, seed=self._rng.randrange(1, 2**31 - 1))
 
     def _sketch(self, name: str):
         if self._sketches is None:

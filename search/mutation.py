@@ -263,21 +263,32 @@ class _ForcedSchedule(Schedule):
         return super().sample_compute_location(block, decision=self._next(LOCATION))  # TVM snaps it to a valid one
 
 
-def rederive(genome: Genome, gene: int, sketch: Sketch, task, target, rng: random.Random) -> Genome | None:
-    """Run the sketch's rules again with the genome's decisions, gene `gene` changed."""
-    old = genome.decisions[gene]
-    kind = genome.genes[gene].kind
-    if kind == CATEGORICAL:
-        new = mutate_categorical(old, genome.genes[gene].choices, rng)
-    else:  # a compute location: -2 inline, -1 root, k = under the consumer's k-th loop
+def mutate_structure(genome: Genome, gene: int, rng: random.Random) -> Genome | None:
+    """Another decision for a structural gene (not replayable: pass the result to `rederive`)."""
+    old, g = genome.decisions[gene], genome.genes[gene]
+    if g.kind == CATEGORICAL:
+        new = mutate_categorical(old, g.choices, rng)
+    else:  # a compute location: -2 inline, -1 root, k = under the consumer's k-th loop (TVM snaps it to a valid one)
         new = rng.choice([x for x in range(-2, max(old, 0) + 4) if x != old])
-    if new is None:
-        return None
+    return None if new is None else genome.with_decision(gene, new)
+
+
+def changes_unit_loops(parent: Genome, child: Genome) -> bool:
+    """A tile level became 1 or stopped being 1.  Rules that move a block under a tile loop without
+    preserving unit loops (`reverse_compute_at(..., preserve_unit_loops=False)`) then give the moved
+    block another number of loops, so the replayed trace no longer fits: re-derive such a child."""
+    return any(g.kind == TILE and [f == 1 for f in a] != [f == 1 for f in b]
+               for g, a, b in zip(parent.genes, parent.decisions, child.decisions))
+
+
+def rederive(genome: Genome, sketch: Sketch, task, target, *, seed: int) -> Genome | None:
+    """Run the sketch's rules again, each sampling instruction taking the genome's decision (per kind, in
+    order); where a decision no longer fits, TVM samples a fresh one.  None if the rules fail."""
     queues: dict[str, list] = {TILE: [], CATEGORICAL: [], LOCATION: []}
-    for i, (g, d) in enumerate(zip(genome.genes, genome.decisions)):
-        queues[g.kind].append(new if i == gene else d)
+    for g, d in zip(genome.genes, genome.decisions):
+        queues[g.kind].append(d)
     ctx = SketchContext(target, deterministic=False)
-    sch = _ForcedSchedule(task.mod, seed=rng.randrange(1, 2**31 - 1), error_render_level="none")
+    sch = _ForcedSchedule(task.mod, seed=seed, error_render_level="none")
     sch.queues = queues
     try:
         _apply_sketch(sch, sketch, ctx)

@@ -12,13 +12,13 @@ instruction so the trace records the decision:
 from __future__ import annotations
 
 from tvm.s_tir import Schedule
-from tvm.sym.pattern import detect_linear_equation
-from tvm.tirx import For, ForKind, IntImm
+from tvm.tirx import For, ForKind
 
 from .measure_types import Candidate
 from .sketch import (
     SCHEDULE_ERRORS,
     AnnotationRule,
+    Sketch,
     SketchContext,
     _get_realize,
     _vars_in,
@@ -27,14 +27,13 @@ from .sketch import (
     generate_sketches,
     instantiate,
     register_rule,
+    stmt_of,
+    unit_stride,
 )
 
 UNROLL_STEPS = (0, 16, 64, 512)
-
-
-def _iter_values(sch: Schedule, block):
-    return _get_realize(sch, block).iter_values
 MAX_VECTOR = 64  # longest vectorized loop sampled (elements)
+MIN_PARALLEL_WORK = 4096  # the default runs smaller nests on one core (a parallel launch costs ~5-10 us)
 
 
 # --------------------------------------------------------------------------- 1. compute location
@@ -66,15 +65,16 @@ def _best_location(sch: Schedule, name: str) -> None:
             trial.compute_at(trial.get_sblock(name), trial.get_loops(trial.get_consumers(trial.get_sblock(name))[0])[depth - 1])
         except SCHEDULE_ERRORS:
             continue
-        if _work(trial, name) <= work:
+        outer = _prod(int(stmt_of(trial, lp).extent) for lp in trial.get_loops(trial.get_sblock(name))[:depth])
+        if _work(trial, name) <= work and outer > 1:  # a unit loop would only block the parallel fuse
             sch.compute_at(block, sch.get_loops(consumer)[depth - 1])
             return
 
 
-def _work(sch: Schedule, name: str) -> int:
+def _work(sch: Schedule, block) -> int:
     """Iterations of a block's body, counting every enclosing loop."""
     total = 1
-    for extent in analyze(sch, name).loop_extents:
+    for extent in analyze(sch, block).loop_extents:
         total *= max(extent, 1)
     return total
 
@@ -90,12 +90,16 @@ def _vectorize(sch: Schedule, ctx: SketchContext) -> None:
             loops = sch.get_loops(block)
         if not loops or info.loop_kinds[-1] != "S" or info.loop_extents[-1] <= 1:
             continue
-        if len(sch.get_child_blocks(loops[-1])) != 1 or sch.get(loops[-1]).kind != ForKind.SERIAL:
+        if len(sch.get_child_blocks(loops[-1])) != 1 or stmt_of(sch, loops[-1]).kind != ForKind.SERIAL:
+            continue
+        if sch.get_child_blocks(block):  # a block with blocks inside (fused attention): not a vector body
             continue
         inner = loops[-1]
         extent = info.loop_extents[-1]
-        if not info.reuse and extent > MAX_VECTOR:  # a whole row is too long for one vector op
-            default = _vector_split(extent, ctx.lanes)
+        if not info.reuse and extent > ctx.lanes:  # sampled vector length; a whole row is too long
+            default = [1, extent] if extent <= MAX_VECTOR else _vector_split(extent, ctx.lanes)
+            if default[1] == 1 and ctx.deterministic:
+                continue  # no vector length divides the row (a prime extent): leave it scalar
             _, inner = sch.split(inner, ctx.tile(sch, inner, 2, max_innermost=MAX_VECTOR, default=default))
         elif info.reuse and extent > MAX_VECTOR:
             continue
@@ -112,14 +116,14 @@ def _spatial_inside(sch: Schedule, block, info) -> bool:
     s = max((i for i, k in enumerate(info.loop_kinds) if k == "S"), default=None)
     if s is None or any(k != "R" for k in info.loop_kinds[s + 1 :]) or info.loop_extents[s] <= 1:
         return False
-    if any(len(sch.get_child_blocks(lp)) != 1 or sch.get(lp).kind != ForKind.SERIAL for lp in loops[s:]):
+    if any(len(sch.get_child_blocks(lp)) != 1 or stmt_of(sch, lp).kind != ForKind.SERIAL for lp in loops[s:]):
         return False
-    stmt = sch.get(block)
-    var = sch.get(loops[s]).loop_var
+    stmt = stmt_of(sch, block)
+    var = stmt_of(sch, loops[s]).loop_var
     bound = [iv.var for iv, value in zip(stmt.iter_vars, _iter_values(sch, block)) if any(var.same_as(v) for v in _vars_in(value))]
     if len(bound) != 1:
         return False
-    if not any(region.region and _unit_stride(region.region[-1].min, bound[0]) for region in stmt.reads):
+    if not any(region.region and unit_stride(region.region[-1].min, bound[0]) for region in stmt.reads):
         return False  # strided (pooling with stride 2) vector loads were slower than scalar code
     try:
         sch.reorder(*loops[s + 1 :], loops[s])
@@ -128,9 +132,8 @@ def _spatial_inside(sch: Schedule, block, info) -> bool:
     return True
 
 
-def _unit_stride(index, var) -> bool:
-    coeffs = detect_linear_equation(index, [var])
-    return len(coeffs) == 2 and isinstance(coeffs[0], IntImm) and int(coeffs[0]) == 1
+def _iter_values(sch: Schedule, block):
+    return _get_realize(sch, block).iter_values
 
 
 def _vector_split(extent: int, lanes: int) -> list[int]:
@@ -148,49 +151,45 @@ def _parallel_unroll(sch: Schedule, ctx: SketchContext) -> None:
         loops = sch.get_loops(block)
         if not loops:
             continue
-        root = sch.get(loops[0])
+        root = stmt_of(sch, loops[0])
         if any(root.same_as(r) for r in seen_roots) or not analyze(sch, block).root_level:
             continue
         seen_roots.add(root)
         prefix = _parallel_prefix(sch, loops)
         outer = loops[0]
-        if prefix:
-            extents = [int(sch.get(lp).extent) for lp in prefix]
+        small = sum(_work(sch, b) for b in sch.get_child_blocks(loops[0])) < MIN_PARALLEL_WORK
+        if prefix and not (ctx.deterministic and small):  # k = how many outer loops are fused and parallelized
+            extents = [int(stmt_of(sch, lp).extent) for lp in prefix]
             default = _default_parallel(extents, ctx.cores)
-            k = ctx.choose(sch, list(range(1, len(prefix) + 1)), default_index=default - 1)
-            fused = sch.fuse(*prefix[: int(sch.get(k))]) if int(sch.get(k)) > 1 else prefix[0]
-            if _prod(extents[: int(sch.get(k))]) > 1:
-                sch.parallel(fused)
-            outer = fused
-        has_reduction = any(analyze(sch, b).is_reduction for b in sch.get_child_blocks(outer))
-        default_unroll = UNROLL_STEPS.index(64) if has_reduction else 0
-        step = ctx.choose(sch, UNROLL_STEPS, default_index=default_unroll)
+            k = stmt_of(sch, ctx.choose(sch, list(range(1, len(prefix) + 1)), default_index=default - 1))
+            if k > 1:
+                outer = sch.fuse(*prefix[:k])
+            if _prod(extents[:k]) > 1:
+                sch.parallel(outer)
+        if not any(analyze(sch, b).is_reduction for b in sch.get_child_blocks(outer)):
+            continue  # nothing to gain in elementwise nests; unrolled vector gathers took minutes to build
+        step = ctx.choose(sch, UNROLL_STEPS, default_index=UNROLL_STEPS.index(64))
         sch.annotate(outer, "pragma_auto_unroll_max_step", step)
         sch.annotate(outer, "pragma_unroll_explicit", 1)
 
 
 def _parallel_prefix(sch: Schedule, loops) -> list:
     """Leading loops that are perfectly nested, serial, and spatial for every block inside."""
+    not_spatial = set()  # loop vars that some block under the nest uses as a reduction (or worse)
+    for block in sch.get_child_blocks(loops[0]):
+        info = analyze(sch, block)
+        for lp, kind in zip(sch.get_loops(block), info.loop_kinds):
+            if kind != "S":
+                not_spatial.add(stmt_of(sch, lp).loop_var)
     prefix = []
     for loop in loops:
-        stmt = sch.get(loop)
-        if stmt.kind != ForKind.SERIAL or not _spatial_for_all(sch, loop):
+        stmt = stmt_of(sch, loop)
+        if stmt.kind != ForKind.SERIAL or any(stmt.loop_var.same_as(v) for v in not_spatial):
             break
         prefix.append(loop)
         if not isinstance(stmt.body, For):
             break
     return prefix
-
-
-def _spatial_for_all(sch: Schedule, loop) -> bool:
-    var = sch.get(loop).loop_var
-    for block in sch.get_child_blocks(loop):
-        info = analyze(sch, block)
-        block_loops = sch.get_loops(block)
-        for lp, kind in zip(block_loops, info.loop_kinds):
-            if sch.get(lp).loop_var.same_as(var) and kind != "S":
-                return False
-    return True
 
 
 def _default_parallel(extents: list[int], cores: int) -> int:
@@ -210,27 +209,32 @@ def _prod(xs) -> int:
     return out
 
 
-def _annotate_cpu(sch: Schedule, ctx: SketchContext) -> None:
+def annotate_cpu(sch: Schedule, ctx: SketchContext) -> None:
     _compute_locations(sch, ctx)
     _vectorize(sch, ctx)
     _parallel_unroll(sch, ctx)
 
 
-register_rule(AnnotationRule("parallel_vectorize_unroll", _annotate_cpu))
+register_rule(AnnotationRule("parallel_vectorize_unroll", annotate_cpu))
 
 
 # --------------------------------------------------------------------------- random candidates
-def sample_candidates(task, target, *, n: int, rng_seed: int = 0, max_tries_per_candidate: int = 8) -> list[Candidate]:
-    """Up to n distinct random candidates, taken round-robin over the task's sketches."""
-    sketches = generate_sketches(task, target)
+def sample_candidates(
+    task, target, *, n: int, rng_seed: int = 0, max_tries_per_candidate: int = 8, sketches: list[Sketch] | None = None
+) -> list[Candidate]:
+    """Up to n distinct random candidates, taken round-robin over the task's sketches
+    (pass `sketches` to reuse a generated list)."""
+    sketches = generate_sketches(task, target) if sketches is None else sketches
     ctx = SketchContext(target, deterministic=False)
     seen: set[str] = set()
     out: list[Candidate] = []
-    attempts = 0
+    attempts = since_new = 0
     seed = int(rng_seed) * 1_000_003 + 1
-    while len(out) < n and attempts < n * max_tries_per_candidate and sketches:
+    give_up = max(32, 4 * len(sketches))  # attempts in a row with nothing new: a small space is used up
+    while len(out) < n and attempts < n * max_tries_per_candidate and since_new < give_up and sketches:
         sketch = sketches[attempts % len(sketches)]
         attempts += 1
+        since_new += 1
         seed = (seed * 48271) % 2_147_483_647 or 1
         try:
             sch = instantiate(sketch, task.mod, ctx, seed=seed)
@@ -240,4 +244,5 @@ def sample_candidates(task, target, *, n: int, rng_seed: int = 0, max_tries_per_
         if cand.trace_json not in seen:
             seen.add(cand.trace_json)
             out.append(cand)
+            since_new = 0
     return out

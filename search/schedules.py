@@ -13,10 +13,15 @@ from .measure_types import Candidate
 
 
 def default_schedule_func(task: Task, target: Target) -> tvm.tirx.PrimFunc:
-    try:
-        from .default_schedule import default_schedule
-    except ImportError:  # TEMPORARY while search/default_schedule.py is being written
-        return task.func
+    if task.kind == "attention":  # the generic defaults would vectorize into its online-softmax loops
+        from .rules_attention import default_attention_schedule
+
+        return default_attention_schedule(task, target).mod["main"]
+    if target.is_gpu:
+        from .default_schedule_gpu import default_gpu_schedule
+
+        return default_gpu_schedule(task, target).mod["main"]
+    from .default_schedule import default_schedule
 
     return default_schedule(task, target).mod["main"]
 

@@ -28,6 +28,8 @@ import tvm_ffi
 from tvm.s_tir import Schedule, ScheduleError
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 from tvm.s_tir.schedule.analysis import is_output_block
+from tvm.sym.pattern import detect_linear_equation
+from tvm.tirx import ForKind
 
 from ..targets.base import Target
 
@@ -36,6 +38,13 @@ from ..targets.base import Target
 SCHEDULE_ERRORS = (ScheduleError, tvm.error.InternalError)
 
 _get_realize = tvm_ffi.get_global_func("s_tir.schedule.GetSBlockRealize")
+_schedule_get = tvm_ffi.get_global_func("s_tir.schedule.ScheduleGet")
+
+
+def stmt_of(sch: Schedule, rv):
+    """`sch.get(rv)` without its Python-side type check (which was half of the sampling time)."""
+    result = _schedule_get(sch, rv)
+    return int(result.value) if isinstance(result, tvm.tirx.IntImm) else result
 
 
 # --------------------------------------------------------------------------- context
@@ -61,7 +70,7 @@ class SketchContext:
         return sch.sample_perfect_tile(loop, n=n, max_innermost_factor=max_innermost, decision=decision)
 
     def choose(self, sch: Schedule, candidates: Sequence[int], *, default_index: int, probs=None):
-        """A categorical decision (an ExprRV usable in annotate; sch.get() gives its value)."""
+        """A categorical decision (an ExprRV usable in annotate; stmt_of(sch, rv) gives its value)."""
         probs = list(probs) if probs is not None else [1.0 / len(candidates)] * len(candidates)
         decision = default_index if self.deterministic else None
         return sch.sample_categorical([int(c) for c in candidates], probs, decision=decision)
@@ -108,7 +117,7 @@ class AnnotationRule:
 
 SKETCH_RULES: dict[str, Rule] = {}
 ANNOTATION_RULES: dict[str, AnnotationRule] = {}
-_RULE_MODULES = ("rules_cpu", "sampling", "rules_gpu")
+_RULE_MODULES = ("rules_cpu", "sampling", "rules_gpu", "rules_attention")
 
 
 def register_rule(rule: "Rule | AnnotationRule") -> None:
@@ -166,6 +175,12 @@ def _vars_in(expr) -> set:
     return found
 
 
+def unit_stride(index, var) -> bool:
+    """`index` walks memory contiguously along `var` (coefficient 1)."""
+    coeffs = detect_linear_equation(index, [var])
+    return len(coeffs) == 2 and isinstance(coeffs[0], tvm.tirx.IntImm) and int(coeffs[0]) == 1
+
+
 def _as_int(expr) -> int:
     return int(expr.value) if isinstance(expr, tvm.tirx.IntImm) else -1
 
@@ -175,11 +190,11 @@ _ITER_KIND = {0: "S", 2: "R"}
 
 def analyze(sch: Schedule, block: "SBlockRV | str") -> BlockInfo:
     rv = sch.get_sblock(block) if isinstance(block, str) else block
-    stmt = sch.get(rv)
+    stmt = stmt_of(sch, rv)
     realize = _get_realize(sch, rv)
     kinds = tuple(_ITER_KIND.get(int(iv.iter_type), "O") for iv in stmt.iter_vars)
     extents = tuple(_as_int(iv.dom.extent) for iv in stmt.iter_vars)
-    loops = [sch.get(lp) for lp in sch.get_loops(rv)]
+    loops = [stmt_of(sch, lp) for lp in sch.get_loops(rv)]
     uses = [_vars_in(v) for v in realize.iter_values]
     loop_kinds = []
     for lp in loops:
@@ -260,8 +275,9 @@ def new_schedule(mod: tvm.IRModule, seed: int = 1) -> Schedule:
 def generate_sketches(task, target: Target, *, max_sketches: int = 16) -> list[Sketch]:
     """Ansor's derivation: every block, consumers first, through the target's rules.
 
-    States are built with fixed decisions (only legality matters here); the order of the
-    result puts applied variants first, so `sketches[0]` is the one the default uses.
+    States are built with fixed decisions (only legality matters here).  The result is in
+    preference order (applied variants first, except MAY_APPLY forks), so `sketches[0]` is
+    the one the default schedule uses.
     """
     rules, _ = rules_for(target)
     ctx = SketchContext(target, deterministic=True)
@@ -325,13 +341,15 @@ def decompose_reductions(sch: Schedule) -> None:
     """Split each reduction's init out of its loop nest, so inner loops have no `if k == 0`."""
     for name in block_names(sch):
         block = sch.get_sblock(name)
-        if sch.get(block).init is None:
+        if stmt_of(sch, block).init is None:
             continue
         info = analyze(sch, block)
         loops = sch.get_loops(block)
         first_r = next((i for i, k in enumerate(info.loop_kinds) if k in ("R", "M")), None)
         if first_r is None:
             continue
+        if any(stmt_of(sch, lp).kind == ForKind.THREAD_BINDING for lp in loops[first_r:]):
+            continue  # a cross-thread reduction: TVM lowers it to an all-reduce only with its init inside
         try:
             sch.decompose_reduction(block, loops[first_r])
         except SCHEDULE_ERRORS:  # e.g. the reduction loop is shared with another block: keep the init inside

@@ -173,6 +173,9 @@ def tune_tasks(tasks: Sequence[Task], target: Target, *, measurer: Measurer, dat
         i = scheduler.pick()
         state, policy = states[i], policies[i]
         n = min(config.batch_size, config.trials - done)
+        unstarted = sum(1 for s in states if not s.history)
+        if unstarted and not state.history:  # warm-up: a small budget still reaches every task
+            n = max(1, min(n, (config.trials - done) // unstarted))
         batch = policy.propose(n)
         if not batch:  # this task's space is exhausted
             state.history.append(state.best_cost)

@@ -15,8 +15,8 @@ from tvm.target import codegen
 
 from ..errors import TargetError
 
-CPU_RULES = ("inline", "multi_level_tiling_cpu", "write_cache", "rfactor", "parallel_vectorize_unroll")
 # attention rules first: otherwise the generic inline rule reaches into the attention kernel's nested blocks
+CPU_RULES = ("attention_inner", "attention_cpu", "inline", "multi_level_tiling_cpu", "write_cache", "rfactor", "parallel_vectorize_unroll")
 GPU_RULES = ("attention_inner", "attention_cpu", "attention_gpu", "inline", "multi_level_tiling_gpu", "cross_thread_reduction", "thread_bind")
 
 

@@ -165,6 +165,9 @@ def test_extractor_caches_by_trace(task, grid):
     fx.prime(task, cand, cand.apply(task.mod).mod)
     np.testing.assert_array_equal(fx.extract(task, [cand])[0], FeatureExtractor(LLVM).extract(task, [cand])[0])
     assert fx.misses == 5 and fx.hits == 6
+    # replays start from copies of one unscheduled schedule: the copies must not leak into each other
+    direct = features_of_module(grid[0][4].apply(task.mod).mod, cores=fx.cores, lanes=fx.lanes, task_flops=task.flops)
+    np.testing.assert_array_equal(first[4], direct)
 
 
 # --------------------------------------------------------------------------- models

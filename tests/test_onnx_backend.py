@@ -47,6 +47,11 @@ CONST_INPUTS: dict[str, tuple[int, ...]] = {
 
 RTOL, ATOL = 1e-3, 1e-4
 
+# Exceptions that are bugs (ours or TVM's) rather than our own TilecraftErrors: a case that raises
+# one is recorded as a crash and the run goes on.
+BUGS = (RuntimeError, ValueError, TypeError, AttributeError, KeyError, IndexError, AssertionError, ZeroDivisionError,
+        NotImplementedError, OverflowError)
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -177,8 +182,7 @@ class Runner:
                 return Outcome(case.name, op, "unsupported", _short(e))
             except TilecraftError as e:
                 return Outcome(case.name, op, "error", _short(e))
-            except (RuntimeError, ValueError, TypeError, AttributeError, KeyError, IndexError, AssertionError,
-                    ZeroDivisionError, NotImplementedError, OverflowError) as e:  # a bug: report, keep going
+            except BUGS as e:
                 return Outcome(case.name, op, "crash", self._diagnose(model, feeds, _short(e)))
             for name, want in zip(out_names, outputs):
                 why = _compare(got[name], want, name)
@@ -190,7 +194,7 @@ class Runner:
             try:
                 with np.errstate(all="ignore"):
                     ref = dict(zip(graph.outputs, run_graph(graph, feeds)))
-            except (ValueError, TypeError, IndexError, KeyError) as e:
+            except BUGS as e:
                 return Outcome(case.name, op, "crash", f"numpy interpreter: {_short(e)}")
             for name, want in zip(out_names, outputs):
                 why = _compare(np.asarray(ref[name]), want, name)
@@ -203,6 +207,7 @@ class Runner:
         from tilecraft.compiler.build import build_graph
         from tilecraft.compiler.module import Module
         from tilecraft.compiler.pipeline import optimize
+        from tilecraft.errors import TilecraftError
         from tilecraft.frontends.onnx import from_onnx
         from tilecraft.targets.base import resolve_target
 
@@ -210,7 +215,7 @@ class Runner:
             graph = optimize(from_onnx(model, input_shapes={k: v.shape for k, v in feeds.items()}))
             exe, _ = build_graph(graph, resolve_target(self.target), schedule=lambda t: t.func)
             got = Module(exe, device="cpu").run(feeds)
-        except Exception:  # noqa: BLE001 - the unscheduled build failing too is the answer we want
+        except (TilecraftError, *BUGS):  # the unscheduled build fails too: not the schedule's fault
             return why
         if outputs is not None and any(_compare(got[n], w, n) for n, w in zip(out_names, outputs)):
             return why
@@ -252,7 +257,42 @@ def test_onnx_backend_pass_rate():
     assert passed / len(outcomes) >= 0.85, f"{passed}/{len(outcomes)} in-scope ONNX backend cases pass"
 
 
+@pytest.mark.parametrize("rounding", ["floor", "trunc"])
+def test_integer_div_rounding_compiled_matches_interpreter(rounding):
+    """div floors integers by default (PyTorch's //) and truncates with rounding="trunc" (ONNX Div):
+    the compiled kernel and the numpy interpreter must agree on negative operands."""
+    import tilecraft as tc
+    from tilecraft.compiler.interpret import run_graph
+    from tilecraft.compiler.ir import TensorType
+    from tilecraft.frontends.builder import GraphBuilder
+
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType((6,), "int64"))
+    q = b.add("div", [x, b.const(np.array(3, dtype=np.int64))], "q", **({"rounding": rounding} if rounding == "trunc" else {}))
+    graph = b.finish([q])
+    feeds = {"x": np.array([-7, -6, -1, 0, 5, 7], dtype=np.int64)}
+    want = np.trunc(feeds["x"] / 3).astype(np.int64) if rounding == "trunc" else feeds["x"] // 3
+    np.testing.assert_array_equal(run_graph(graph, feeds)[0], want)
+    np.testing.assert_array_equal(tc.compile(graph, target="llvm").run(feeds)["q"], want)
+
+
 # --------------------------------------------------------------------------- report
+# Where a failure comes from, when its message says so (report only; the tests judge the outcome).
+KNOWN_CAUSES = (
+    (r"element type (INT16|UINT16|UINT32|UINT64)\b", "compiler/ir.py DTYPES lacks this type (the frontend maps it)"),
+    (r"element type|is a (sequence|optional)_type", "a type outside the IR's dtypes (float8/4, int4/2, bfloat16, string, sequence)"),
+    (r"expect Tensor with ndim 0 but get 1", "compiler/module.py: np.ascontiguousarray turns a 0-d input into 1-d"),
+    (r"shape \(1,\), expected \(\)", "compiler/build.py: np.ascontiguousarray turns a 0-d constant output into 1-d"),
+    (r"Reshape expects the new shape", "compiler/build.py: relax.op.reshape reads a 0 in the target shape as 'copy this dim'"),
+    (r"random mask", "needs NumPy's random generator state"),
+    (r"^default schedule", "search/default_schedule.py (the unscheduled build is right)"),
+)
+
+
+def cause(outcome: Outcome) -> str:
+    return next((why for pattern, why in KNOWN_CAUSES if re.search(pattern, outcome.reason)), "")
+
+
 def write_report(path: str) -> None:
     t0 = time.time()
     outcomes = all_results()
@@ -280,10 +320,10 @@ def write_report(path: str) -> None:
         n_uns = sum(o.status == "unsupported" for o in rs)
         lines.append(f"| {op} | {len(rs)} | {n_pass} | {n_uns} | {len(rs) - n_pass - n_uns} |")
     failures = [o for o in outcomes if not o.ok]
-    lines += ["", f"## Failures ({len(failures)})", "", "| case | op | status | reason |", "|---|---|---|---|"]
+    lines += ["", f"## Failures ({len(failures)})", "", "| case | op | status | reason | cause |", "|---|---|---|---|---|"]
     for o in failures:
         reason = o.reason.replace("|", "\\|")
-        lines.append(f"| {o.case} | {o.op} | {o.status} | {reason} |")
+        lines.append(f"| {o.case} | {o.op} | {o.status} | {reason} | {cause(o)} |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"{passed}/{len(outcomes)} pass; report written to {path}")
@@ -296,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.op:
         for o in all_results(args.op):
-            print(f"{o.status:12s} {o.case}  {o.reason}")
+            print(f"{o.status:12s} {o.case}  {o.reason}  {cause(o)}")
         return 0
     write_report(args.report)
     return 0
