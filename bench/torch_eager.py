@@ -22,13 +22,20 @@ def _conv(x, w, b=None, *, strides, pads, dilations, groups):
     return F.conv2d(x, w, b, stride=tuple(strides), padding=(pt, pl), dilation=tuple(dilations), groups=groups)
 
 
-def _pool(x, *, kind, kernel, strides, pads, dilations, count_include_pad=False):
+def _pool(x, *, kind, kernel, strides, pads, dilations, count_include_pad=False, ceil_extra=(0, 0), **_):
     pt, pl, pb, pr = pads
     if kind == "max":
-        x = F.pad(x, (pl, pr, pt, pb), value=float("-inf"))
+        x = F.pad(x, (pl, max(pr, 0), pt, max(pb, 0)), value=float("-inf"))
         return F.max_pool2d(x, tuple(kernel), tuple(strides), dilation=tuple(dilations))
-    x = F.pad(x, (pl, pr, pt, pb))
-    return F.avg_pool2d(x, tuple(kernel), tuple(strides))
+    if count_include_pad:
+        x = F.pad(x, (pl, max(pr, 0), pt, max(pb, 0)))
+        return F.avg_pool2d(x, tuple(kernel), tuple(strides))
+    # average over the real pixels only: pool the padded input and a padded mask of ones
+    ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype)
+    pad = (pl, max(pr, 0), pt, max(pb, 0))
+    num = F.avg_pool2d(F.pad(x, pad), tuple(kernel), tuple(strides), divisor_override=1)
+    den = F.avg_pool2d(F.pad(ones, pad), tuple(kernel), tuple(strides), divisor_override=1)
+    return num / den
 
 
 def _reduce(x, *, kind, axes, keepdims=True):

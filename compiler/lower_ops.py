@@ -68,15 +68,44 @@ def _erf(x):
     return tirx.erf(x)
 
 
+def fast_exp(x):
+    """exp as vectorizable float32 arithmetic: 2^n * a degree-7 polynomial (TOPI's fast_exp,
+    rel. error ~1e-7).  LLVM turns a vector exp into one scalar expf call per lane."""
+    dt = _dt(x)
+    if dt != "float32":
+        return tirx.exp(x)
+    c = lambda v: _const(v, dt)  # noqa: E731
+    xc = tirx.max(tirx.min(x, c(88.72283)), c(-88.376262664795))  # float32 exp is finite up to 88.7228
+    n = tirx.min(tirx.floor(xc * c(1.4426950408889634) + c(0.5)), c(127.0))  # 2^128 would be inf
+    f = xc - n * c(0.6931471805599453)
+    poly = c(1.9875691500e-4)
+    for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        poly = poly * f + c(coef)
+    two_n = tirx.reinterpret("float32", (n.astype("int32") + 127) << 23)
+    return two_n * (poly * f * f + f + c(1.0))
+
+
 def _sigmoid(x):
+    if _dt(x) == "float32":
+        return _const(1, "float32") / (_const(1, "float32") + fast_exp(-x))
     return tirx.sigmoid(x)
+
+
+def _tanh(x):
+    if _dt(x) == "float32":  # 1 - 2 / (e^2x + 1) saturates cleanly at +-1; near 0 its Taylor series keeps precision
+        c = lambda v: _const(v, "float32")  # noqa: E731
+        far = c(1) - c(2) / (fast_exp(x * c(2)) + c(1))
+        x2 = x * x
+        near = x * (c(1) + x2 * (c(-1 / 3) + x2 * c(2 / 15)))
+        return tirx.Select(tirx.abs(x) < c(0.1), near, far)
+    return tirx.tanh(x)
 
 
 UNARY = {
     "relu": lambda x, a: tirx.max(x, _const(0, _dt(x))),
     "sigmoid": lambda x, a: _sigmoid(x),
-    "tanh": lambda x, a: tirx.tanh(x),
-    "exp": lambda x, a: tirx.exp(x),
+    "tanh": lambda x, a: _tanh(x),
+    "exp": lambda x, a: fast_exp(x),
     "log": lambda x, a: tirx.log(x),
     "sqrt": lambda x, a: tirx.sqrt(x),
     "neg": lambda x, a: -x,
@@ -94,7 +123,7 @@ UNARY = {
     "hard_swish": lambda x, a: x * tirx.min(tirx.max(x / _const(6, _dt(x)) + _const(0.5, _dt(x)), _const(0, _dt(x))), _const(1, _dt(x))),
     "silu": lambda x, a: x * _sigmoid(x),
     "gelu": lambda x, a: (
-        _const(0.5, _dt(x)) * x * (_const(1, _dt(x)) + tirx.tanh(_const(math.sqrt(2 / math.pi), _dt(x)) * (x + _const(0.044715, _dt(x)) * x * x * x)))
+        _const(0.5, _dt(x)) * x * (_const(1, _dt(x)) + _tanh(_const(math.sqrt(2 / math.pi), _dt(x)) * (x + _const(0.044715, _dt(x)) * x * x * x)))
         if a.get("approximate") == "tanh"
         else _const(0.5, _dt(x)) * x * (_const(1, _dt(x)) + _erf(x * _const(1 / math.sqrt(2), _dt(x))))
     ),
@@ -351,7 +380,7 @@ def _softmax(inputs, attrs, out_type):
 
     red_shape = tuple(1 if a == axis else d for a, d in enumerate(out_type.shape))
     mx = te.compute(red_shape, lambda *i: te.max(x(*at(i, k)), axis=k), name="T_softmax_maxelem")
-    ex = te.compute(out_type.shape, lambda *i: tirx.exp(x(*i) - mx(*at(i, 0))), name="T_softmax_exp")
+    ex = te.compute(out_type.shape, lambda *i: fast_exp(x(*i) - mx(*at(i, 0))), name="T_softmax_exp")
     k2 = te.reduce_axis((0, x.shape[axis]), name="k2")
     sm = te.compute(red_shape, lambda *i: te.sum(ex(*at(i, k2)), axis=k2), name="T_softmax_expsum")
     if attrs.get("log"):
