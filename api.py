@@ -94,12 +94,16 @@ def compile(model, *, target: "str | Target" = "llvm", database: "str | os.PathL
 def build_prepared(prepared: Prepared, *, database=None) -> tuple[Module, BuildReport]:
     from .search.schedules import ScheduleSource
 
+    from .compiler.fusion_bottleneck import choose_bottlenecks
+
     source = ScheduleSource(prepared.target, database=database)
     try:
-        exe, report = build_graph(prepared.graph, prepared.target, schedule=source.schedule, table=prepared.table)
+        # fused conv chains: fused or as their parts, whichever measured faster (unfused if unmeasured)
+        graph, table, chains = choose_bottlenecks(prepared.graph, prepared.table, source.best_cost)
+        exe, report = build_graph(graph, prepared.target, schedule=source.schedule, table=table)
     finally:
         source.close()
-    report.tuned, report.sources = source.tuned_count, dict(source.sources)
+    report.tuned, report.sources, report.bottlenecks = source.tuned_count, dict(source.sources), chains
     module = Module(exe, device="cpu" if not prepared.target.is_gpu else None) if not prepared.target.cross_compiler else _Unrunnable(exe, prepared)
     return module, report
 

@@ -47,26 +47,18 @@ def attention_graph(seq: int, causal: bool):
     return gb.finish([gb.add("matmul", [p, v])])
 
 
-def build(graph, *, fused: bool):
-    """Compile with the default schedules: attention tasks with the attention rule's default."""
+def build(graph, *, fused: bool, trials: int = 0, db: str | None = None):
+    """Compile fused or unfused; with `trials`, tune every task first (same budget for both) and
+    build from the database's best records, else the default schedules."""
     import tilecraft as tc
-    from tilecraft.compiler.build import build_graph
     from tilecraft.compiler.fusion_attention import count_attention
-    from tilecraft.compiler.module import Module
-    from tilecraft.search.rules_attention import default_attention_schedule
-    from tilecraft.search.schedules import ScheduleSource
 
     prepared = tc.api.prepare(graph, target="llvm", no_fuse=() if fused else ("attention",))
     assert count_attention(prepared.graph) == (1 if fused else 0)
-    source = ScheduleSource(prepared.target)
-
-    def schedule(task):
-        if task.kind == "attention":
-            return default_attention_schedule(task, prepared.target).mod["main"]
-        return source.schedule(task)
-
-    exe, report = build_graph(prepared.graph, prepared.target, schedule=schedule, table=prepared.table)
-    return Module(exe, device="cpu"), len(prepared.table.tasks)
+    if trials:
+        tc.tune(prepared, trials=trials, database=db, progress=False, batch_size=8)
+    module, _ = tc.api.build_prepared(prepared, database=db if trials else None)
+    return module, len(prepared.table.tasks)
 
 
 def torch_sdpa(causal: bool):
@@ -99,12 +91,12 @@ def time_rounds(runners: dict, feeds, *, rounds: int, per_round: int) -> dict[st
     return {name: statistics.median(ts) for name, ts in samples.items()}
 
 
-def bench_one(seq: int, causal: bool, *, rounds: int) -> dict:
+def bench_one(seq: int, causal: bool, *, rounds: int, trials: int = 0, db: str | None = None) -> dict:
     graph = attention_graph(seq, causal)
     rng = np.random.default_rng(seq)
     feeds = {n: rng.standard_normal((1, HEADS, seq, DIM)).astype("float32") for n in "qkv"}
-    fused, fused_tasks = build(graph, fused=True)
-    unfused, unfused_tasks = build(graph, fused=False)
+    fused, fused_tasks = build(graph, fused=True, trials=trials, db=db)
+    unfused, unfused_tasks = build(graph, fused=False, trials=trials, db=db)
     out_name = graph.outputs[0]
     runners = {
         "unfused": lambda f: unfused.run(f)[out_name],
@@ -161,7 +153,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
-def report(rows: list[dict], sweep: list, sweep_seq: int, command: str) -> str:
+def report(rows: list[dict], sweep: list, sweep_seq: int, command: str, trials: int = 0) -> str:
     import torch
     import tvm
 
@@ -173,7 +165,9 @@ def report(rows: list[dict], sweep: list, sweep_seq: int, command: str) -> str:
         f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         f"- command: `{command}`",
         f"- tvm {tvm.__version__}, torch {torch.__version__} (`torch.set_num_threads(2)`); TVM uses its default thread pool (2 threads)",
-        f"- batch 1, {HEADS} heads, head dim {DIM}, fp32; default schedules, untuned; time = median of interleaved rounds (ms)",
+        f"- batch 1, {HEADS} heads, head dim {DIM}, fp32; "
+        + (f"tuned vs tuned: each build's tasks tuned with {trials} trials in all (evolutionary search, same budget for fused and unfused)"
+           if trials else "default schedules, untuned") + "; time = median of interleaved rounds (ms)",
         "",
         "| seq | causal | unfused (ms) | fused (ms) | fused speedup | torch SDPA (ms) | fused GFLOP/s |",
         "|---:|:---:|---:|---:|---:|---:|---:|",
@@ -225,18 +219,20 @@ def main(argv=None) -> int:
     ap.add_argument("--no-causal", action="store_true", help="only the non-causal rows")
     ap.add_argument("--sweep", type=int, default=2048, help="sequence length of the tile-size sweep (0: none)")
     ap.add_argument("--out", type=Path, default=REPORT)
+    ap.add_argument("--trials", type=int, default=0, help="tune fused and unfused with this many trials each (0: default schedules)")
+    ap.add_argument("--db", default=str(REPO / "bench" / "work" / "attention.db"))
     args = ap.parse_args(argv)
     rows = []
     for seq in args.seqs:
         for causal in (False,) if args.no_causal else (False, True):
-            row = bench_one(seq, causal, rounds=args.rounds)
+            row = bench_one(seq, causal, rounds=args.rounds, trials=args.trials, db=args.db)
             print(f"seq {seq} causal {causal}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in row["ms"].items()), flush=True)
             rows.append(row)
     variants = ((64, 64, True), (64, 64, False), (32, 64, True), (128, 64, True), (64, 32, True), (64, 128, True),
                 (128, 128, True))
     sweep = sweep_blocks(args.sweep, variants, repeat=args.rounds) if args.sweep else []
     command = "python bench/attention.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(rows, sweep, args.sweep, command.strip())
+    text = report(rows, sweep, args.sweep, command.strip(), args.trials)
     args.out.write_text(text)
     print(text)
     return 0

@@ -2,7 +2,9 @@
 (a) the default schedule, (b) tuned by tilecraft for --trials measurements, (c) OpenBLAS
 through numpy (matmul: A @ B; conv: im2col + one GEMM, the classic BLAS path).
 
-    python bench/kernels.py [--trials 200] [--convs 4] [--db bench/work/kernels.db]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/kernels.py [--trials 200] [--convs 4] [--db bench/work/kernels.db]
+
+(OPENBLAS_CORETYPE pins an older OpenBLAS kernel on some machines; unset it so numpy runs its best one.)
 """
 
 from __future__ import annotations
@@ -123,7 +125,14 @@ def main() -> None:
             rows.append((task.name, task.flops, default_gf, tuned_gf, blas, tune_s))
             print(rows[-1], flush=True)
     print()
-    print(f"Machine: {platform.node()} ({os.cpu_count()} cores), {THREADS} threads; {datetime.date.today()}")
+    try:
+        import threadpoolctl
+
+        blas = next((f"OpenBLAS {i['version']} ({i['architecture']} kernels)" for i in threadpoolctl.threadpool_info()
+                     if i.get("internal_api") == "openblas"), "numpy BLAS")
+    except ImportError:
+        blas = "numpy BLAS"
+    print(f"Machine: {platform.node()} ({os.cpu_count()} cores), {THREADS} threads; {blas}; {datetime.date.today()}")
     print(f"Command: python bench/kernels.py {' '.join(sys.argv[1:])}  (strategy {args.strategy}, {args.trials} trials per task)")
     print()
     print("| kernel | GFLOP | default GFLOP/s | tuned GFLOP/s | OpenBLAS (numpy) GFLOP/s | tuned / OpenBLAS | tuned / default | tuning s |")

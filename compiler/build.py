@@ -37,6 +37,7 @@ class BuildReport:
     tuned: int = 0  # tasks that used a record from the database
     seconds: float = 0.0
     sources: dict[str, str] = field(default_factory=dict)  # task name -> "record" | "default"
+    bottlenecks: dict[str, int] = field(default_factory=dict)  # chains built {"fused": n, "unfused": m}
 
 
 def graph_metadata(graph: Graph, target: Target) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
@@ -72,12 +72,18 @@ def task_name(body: Graph, out: TensorType) -> str:
     return f"{ops}_{'x'.join(map(str, out.shape)) or 'scalar'}"
 
 
+BOTTLENECK_ATTR = "tilecraft.bottleneck"  # marks a fused conv chain for search/rules_bottleneck.py
+
+
 def make_task(node: Node) -> Task:
     body: Graph = node.attr("body")
     func, types = lower_attention_body(body) or lower_body(body)
+    name = task_name(body, node.type)
+    if node.attr("anchor") == "bottleneck":
+        func, name = func.with_attr(BOTTLENECK_ATTR, 1), "bottleneck_" + name
     mod = tvm.IRModule({"main": func})
     return Task(
-        name=task_name(body, node.type),
+        name=name,
         workload_key=workload_key(mod, types),
         mod=mod,
         arg_types=types,
@@ -94,6 +100,9 @@ class TaskTable:
     tasks: tuple[Task, ...]
     node_task: dict[str, str]  # fused node name -> workload key
     reshapes: frozenset[str]  # nodes that are pure reshapes: views, no kernel
+    # bottleneck node name -> workload keys of its parts (the unfused alternative), in order;
+    # both are tuned, the build picks one per chain (compiler/fusion_bottleneck.choose_bottlenecks)
+    part_tasks: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def by_key(self) -> dict[str, Task]:
         return {t.workload_key: t for t in self.tasks}
@@ -109,14 +118,20 @@ def extract_tasks(graph: Graph) -> TaskTable:
     tasks: dict[str, Task] = {}
     node_task: dict[str, str] = {}
     reshapes = set()
+    part_tasks: dict[str, tuple[str, ...]] = {}
+
+    def add(task: Task) -> str:
+        key = task.workload_key
+        tasks[key] = tasks[key].with_weight(tasks[key].weight + 1) if key in tasks else task
+        return key
+
     for node in graph.nodes:
         if node.op != "fused":
             raise GraphError(f"node %{node.name} ({node.op}) is not in a fused group: run the pipeline first")
         if is_pure_reshape(node):
             reshapes.add(node.name)
             continue
-        task = make_task(node)
-        key = task.workload_key
-        tasks[key] = tasks[key].with_weight(tasks[key].weight + 1) if key in tasks else task
-        node_task[node.name] = key
-    return TaskTable(tuple(tasks.values()), node_task, frozenset(reshapes))
+        node_task[node.name] = add(make_task(node))
+        if node.attr("parts"):  # a fused bottleneck: its unfused parts are tasks too
+            part_tasks[node.name] = tuple(add(make_task(p)) for p in node.attr("parts"))
+    return TaskTable(tuple(tasks.values()), node_task, frozenset(reshapes), part_tasks)

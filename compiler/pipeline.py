@@ -6,6 +6,7 @@ from typing import Callable
 
 from .fusion import fuse_epilogues
 from .fusion_attention import fuse_attention
+from .fusion_bottleneck import fuse_bottleneck
 from .ir import Graph, verify
 from .passes import eliminate_dead_code, fold_batch_norm, fold_constants, simplify
 
@@ -18,10 +19,11 @@ PIPELINE: tuple[tuple[str, Pass], ...] = (
     ("simplify", simplify),
     ("eliminate_dead_code", eliminate_dead_code),
     ("fuse_attention", fuse_attention),
+    ("fuse_bottleneck", fuse_bottleneck),  # before fuse_epilogues: it groups its chains' epilogues itself
     ("fuse_epilogues", fuse_epilogues),
 )
 
-FUSION_PASSES = {"fuse_attention": "attention", "fuse_epilogues": "epilogue"}
+FUSION_PASSES = {"fuse_attention": "attention", "fuse_bottleneck": "bottleneck", "fuse_epilogues": "epilogue"}
 
 
 def optimize(graph: Graph, *, no_fuse: frozenset[str] = frozenset(), verify_each: bool = False) -> Graph:

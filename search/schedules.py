@@ -17,6 +17,13 @@ def default_schedule_func(task: Task, target: Target) -> tvm.tirx.PrimFunc:
         from .rules_attention import default_attention_schedule
 
         return default_attention_schedule(task, target).mod["main"]
+    if task.kind == "bottleneck":  # a fused conv chain: spatial tiles with the intermediate computed per tile
+        from .rules_bottleneck import default_bottleneck_schedule
+
+        try:
+            return default_bottleneck_schedule(task, target).mod["main"]
+        except (ScheduleError, tvm.error.InternalError):
+            pass  # an unusual chain: the generic defaults below still build it, stage by stage
     if target.is_gpu:
         from .default_schedule_gpu import default_gpu_schedule
 
@@ -31,7 +38,7 @@ class ScheduleSource:
 
     def __init__(self, target: Target, *, database: "str | os.PathLike | object | None" = None):
         self.target = target
-        self.sources: dict[str, str] = {}
+        self.sources: dict[str, str] = {}  # workload key -> "record" | "default" (names repeat)
         self._db = None
         self._owns_db = False
         if database is not None:
@@ -52,10 +59,17 @@ class ScheduleSource:
             for record in self._db.best(task.workload_key, self.target.key, k=3):
                 func = self._replay(record.candidate, task)
                 if func is not None:
-                    self.sources[task.name] = "record"
+                    self.sources[task.workload_key] = "record"
                     return func
-        self.sources[task.name] = "default"
+        self.sources[task.workload_key] = "default"
         return default_schedule_func(task, self.target)
+
+    def best_cost(self, workload_key: str) -> float | None:
+        """The best measured seconds per call of a workload on this target, None if never measured."""
+        if self._db is None:
+            return None
+        best = self._db.best(workload_key, self.target.key, k=1)
+        return best[0].result.mean if best else None
 
     @staticmethod
     def _replay(candidate: Candidate, task: Task) -> tvm.tirx.PrimFunc | None:

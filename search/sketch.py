@@ -117,7 +117,7 @@ class AnnotationRule:
 
 SKETCH_RULES: dict[str, Rule] = {}
 ANNOTATION_RULES: dict[str, AnnotationRule] = {}
-_RULE_MODULES = ("rules_cpu", "sampling", "rules_gpu", "rules_attention")
+_RULE_MODULES = ("rules_cpu", "sampling", "rules_gpu", "rules_attention", "rules_bottleneck")
 
 
 def register_rule(rule: "Rule | AnnotationRule") -> None:

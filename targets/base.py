@@ -16,8 +16,9 @@ from tvm.target import codegen
 from ..errors import TargetError
 
 # attention rules first: otherwise the generic inline rule reaches into the attention kernel's nested blocks
-CPU_RULES = ("attention_inner", "attention_cpu", "inline", "multi_level_tiling_cpu", "write_cache", "rfactor", "parallel_vectorize_unroll")
-GPU_RULES = ("attention_inner", "attention_cpu", "attention_gpu", "inline", "multi_level_tiling_gpu", "cross_thread_reduction", "thread_bind")
+# bottleneck rules likewise: a fused conv chain is scheduled as a whole (search/rules_bottleneck.py)
+CPU_RULES = ("bottleneck_inner", "bottleneck_cpu", "attention_inner", "attention_cpu", "inline", "multi_level_tiling_cpu", "write_cache", "rfactor", "parallel_vectorize_unroll")
+GPU_RULES = ("bottleneck_inner", "bottleneck_gpu", "attention_inner", "attention_cpu", "attention_gpu", "inline", "multi_level_tiling_gpu", "cross_thread_reduction", "thread_bind")
 
 
 @dataclass(frozen=True)
