@@ -82,7 +82,8 @@ def benchmark_tasks(*, matmul_size: int = 1024) -> list:
 
 
 # --------------------------------------------------------------------------- dataset
-def collect(tasks, target, db, *, per_task: int, batch: int = 32, seed: int = 0) -> None:
+def collect(tasks, target, db, *, per_task: int, batch: int = 32, seed: int = 0, repeat: int = 5,
+            min_repeat_ms: int = 30) -> None:
     """Top up every task to `per_task` measured candidates (re-runs reuse what the database has)."""
     from tilecraft import __version__
     from tilecraft.search.database import trace_hash
@@ -90,7 +91,7 @@ def collect(tasks, target, db, *, per_task: int, batch: int = 32, seed: int = 0)
     from tilecraft.search.measure_types import Record
     from tilecraft.search.sampling import sample_candidates
 
-    runner = RunnerConfig(number=1, repeat=3, min_repeat_ms=30, timeout_s=20.0)
+    runner = RunnerConfig(number=1, repeat=repeat, min_repeat_ms=min_repeat_ms, timeout_s=30.0)
     with Measurer.local(target, runner_config=runner) as measurer:
         for task in tasks:
             db.add_workload(task)
@@ -115,7 +116,8 @@ def collect(tasks, target, db, *, per_task: int, batch: int = 32, seed: int = 0)
                       f"batch best {best:.1f} GFLOP/s, {time.time() - t0:.1f} s)", flush=True)
 
 
-def retest(tasks, target, db, retest_db, *, per_task: int, seed: int = 0) -> None:
+def retest(tasks, target, db, retest_db, *, per_task: int, seed: int = 0, repeat: int = 5,
+           min_repeat_ms: int = 30) -> None:
     """Measure `per_task` already measured candidates of each task a second time, later and in another
     order, into `retest_db`: how well two sessions on this (shared, busy) machine agree bounds any model."""
     from tilecraft import __version__
@@ -123,7 +125,7 @@ def retest(tasks, target, db, retest_db, *, per_task: int, seed: int = 0) -> Non
     from tilecraft.search.measure_types import Record
 
     rng = np.random.default_rng(seed)
-    runner = RunnerConfig(number=1, repeat=3, min_repeat_ms=30, timeout_s=20.0, check_correctness=False)
+    runner = RunnerConfig(number=1, repeat=repeat, min_repeat_ms=min_repeat_ms, timeout_s=30.0, check_correctness=False)
     with Measurer.local(target, runner_config=runner) as measurer:
         for task in tasks:
             if retest_db.count(task.workload_key, target.key) >= per_task:
@@ -179,11 +181,24 @@ def best_of_top_k(scores: np.ndarray, truth: np.ndarray, k: int) -> float:
     return float(truth[pred_top].max() / truth.max()) if truth.max() > 0 else float("nan")
 
 
-METRICS = ("pairwise", "recall@1", "recall@5", "recall@10", "best@10")
+def pairwise_accuracy_margin(scores: np.ndarray, truth: np.ndarray, margin: float = 1.1) -> float:
+    """NOT the headline number: pairwise accuracy over the pairs whose throughputs differ by more than
+    `margin` x (a failure vs a success always counts), i.e. pairs a measurement can tell apart."""
+    i, j = np.triu_indices(len(truth), 1)
+    hi, lo = np.maximum(truth[i], truth[j]), np.minimum(truth[i], truth[j])
+    keep = (hi > margin * lo) & (hi > 0)
+    if not keep.any():
+        return float("nan")
+    agree = np.sign(scores[i] - scores[j])[keep] * np.sign(truth[i] - truth[j])[keep]
+    return float(np.mean(np.where(agree == 0, 0.5, agree > 0)))
+
+
+METRICS = ("pairwise", "recall@1", "recall@5", "recall@10", "best@10", "pairwise >10% apart")
 
 
 def metrics(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    return {"pairwise": pairwise_accuracy(scores, truth), "recall@1": top_k_recall(scores, truth, 1),
+    return {"pairwise": pairwise_accuracy(scores, truth), "pairwise >10% apart": pairwise_accuracy_margin(scores, truth),
+            "recall@1": top_k_recall(scores, truth, 1),
             "recall@5": top_k_recall(scores, truth, 5), "recall@10": top_k_recall(scores, truth, 10),
             "best@10": best_of_top_k(scores, truth, 10)}
 
@@ -470,7 +485,7 @@ def report(*, data, sessions, seen, retested, seen_tasks, unseen, unseen_tasks, 
         "",
         f"- machine: {machine()}",
         f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
-        f"- command: `{command}` ({seconds:.0f} s, dataset reused from `bench/work/cost_model.db`)",
+        f"- command: `{command}` ({seconds:.0f} s, dataset from `bench/work/cost_model.db`)",
         f"- features: {NUM_FEATURES} per candidate (cost_model/features.py); models: XGBoost 100 rounds, depth 6",
         "",
         "## Summary",
@@ -518,7 +533,9 @@ def report(*, data, sessions, seen, retested, seen_tasks, unseen, unseen_tasks, 
         "  same way (equal scores count 1/2);",
         "- recall@k: |true top-k ∩ predicted top-k| / k;",
         "- best@10: best measured throughput among the model's top 10, divided by the test set's best",
-        "  (what measuring the model's top 10 would find).",
+        "  (what measuring the model's top 10 would find);",
+        "- pairwise >10% apart: NOT the headline; pairwise accuracy over only the pairs whose throughputs",
+        "  differ by more than 10% (failure vs success always counted): pairs a measurement can tell apart.",
         "",
         "## Speed",
         "",
@@ -545,6 +562,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPORT))
     parser.add_argument("--no-peer", action="store_true", help="skip the MetaSchedule PerStoreFeature+XGBModel peer")
     parser.add_argument("--retest", type=int, default=64, help="candidates per task measured a second time (noise)")
+    parser.add_argument("--no-retest", action="store_true", help="skip the second session (e.g. run it later)")
+    parser.add_argument("--collect-tasks", default="", help="comma-separated task names to top up (default: all)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed repeats per measured candidate")
+    parser.add_argument("--min-repeat-ms", type=int, default=30)
     args = parser.parse_args(argv)
     started = time.time()
 
@@ -556,8 +577,12 @@ def main(argv=None) -> int:
     tasks = benchmark_tasks(matmul_size=args.matmul_size)
     with Database(args.db) as db, Database(str(Path(args.db).with_suffix(".retest.db"))) as retest_db:
         if not args.no_collect:
-            collect(tasks, target, db, per_task=args.per_task)
-            retest(tasks, target, db, retest_db, per_task=args.retest)
+            wanted = set(filter(None, args.collect_tasks.split(",")))
+            collect([t for t in tasks if not wanted or t.name in wanted], target, db, per_task=args.per_task,
+                    repeat=args.repeat, min_repeat_ms=args.min_repeat_ms)
+            if not args.no_retest:
+                retest(tasks, target, db, retest_db, per_task=args.retest, repeat=args.repeat,
+                       min_repeat_ms=args.min_repeat_ms)
         if args.collect_only:
             return 0
         data = [d for d in load_dataset(tasks, target, db) if len(d[1]) >= 10]

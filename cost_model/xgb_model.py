@@ -28,11 +28,12 @@ import numpy as np
 
 from ..compiler.task import Task
 from ..errors import TilecraftError
+from ..search.database import trace_hash
 from ..search.measure_types import Candidate, MeasureResult
 from .base import cost_of, database_batches, normalized_throughput
 from .features import FEATURE_NAMES, FeatureExtractor
 
-FORMAT = "tilecraft-xgb-cost-model/1"
+FORMAT = "tilecraft-xgb-cost-model/2"  # /2: the buffer keeps each sample's trace hash
 FEATURES_ID = hashlib.sha256("\n".join(FEATURE_NAMES).encode()).hexdigest()[:16]
 
 
@@ -70,6 +71,7 @@ class XGBCostModel:
         self.extractor = extractor or FeatureExtractor(target)
         self._booster = None
         self._keys: list[str] = []  # workload key of each buffered sample
+        self._hashes: list[str] = []  # trace hash of each buffered sample: pretraining skips what it has
         self._rows: list[np.ndarray] = []
         self._costs: list[float] = []  # seconds, inf for failures
 
@@ -87,11 +89,17 @@ class XGBCostModel:
         self.retrain()
 
     def pretrain_from_database(self, db, target_key: str | None = None) -> int:
-        """Learn from every record of `target_key` (default: this model's target); returns the samples added."""
+        """Learn from every record of `target_key` (default: this model's target) that the buffer does not
+        hold yet (so a loaded model catches up with what other runs measured); returns the samples added.
+        Retrains only when something was added (or nothing was trained yet)."""
         added = 0
+        known = set(zip(self._keys, self._hashes))
         for task, candidates, results in database_batches(db, target_key or self.target.key):
-            added += self.add(task, candidates, results)
-        self.retrain()
+            new = [(c, r) for c, r in zip(candidates, results) if (task.workload_key, trace_hash(c.trace_json)) not in known]
+            if new:
+                added += self.add(task, [c for c, _ in new], [r for _, r in new])
+        if added or self._booster is None:
+            self.retrain()
         return added
 
     def add(self, task: Task, candidates: Sequence[Candidate], results: Sequence[MeasureResult]) -> int:
@@ -100,16 +108,17 @@ class XGBCostModel:
             raise ValueError(f"{len(candidates)} candidates but {len(results)} results")
         x = self.extractor.extract(task, candidates)
         added = 0
-        for row, result in zip(x, results):
+        for row, cand, result in zip(x, candidates, results):
             if np.isnan(row[0]):  # does not replay: nothing to learn from
                 continue
             self._keys.append(task.workload_key)
+            self._hashes.append(trace_hash(cand.trace_json))
             self._rows.append(row.astype(np.float32))
             self._costs.append(cost_of(result))
             added += 1
         excess = len(self._costs) - self.config.max_samples
         if excess > 0:
-            del self._keys[:excess], self._rows[:excess], self._costs[:excess]
+            del self._keys[:excess], self._hashes[:excess], self._rows[:excess], self._costs[:excess]
         return added
 
     def retrain(self) -> None:
@@ -165,7 +174,8 @@ class XGBCostModel:
         rows = np.stack(self._rows) if self._rows else np.zeros((0, len(FEATURE_NAMES)), np.float32)
         with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a bare path
             np.savez_compressed(f, meta=np.asarray(json.dumps(meta)), booster=booster, rows=rows,
-                                costs=np.asarray(self._costs, np.float64), keys=np.asarray(self._keys, dtype=str))
+                                costs=np.asarray(self._costs, np.float64), keys=np.asarray(self._keys, dtype=str),
+                                hashes=np.asarray(self._hashes, dtype=str))
 
     def load(self, path: str) -> None:
         import xgboost as xgb
@@ -173,7 +183,7 @@ class XGBCostModel:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                booster, rows, costs, keys = z["booster"], z["rows"], z["costs"], z["keys"]
+                booster, rows, costs, keys, hashes = z["booster"], z["rows"], z["costs"], z["keys"], z["hashes"]
         except (OSError, ValueError, KeyError) as e:
             raise CostModelError(f"{path}: not a saved tilecraft cost model ({e})") from None
         if meta.get("format") != FORMAT:
@@ -184,6 +194,7 @@ class XGBCostModel:
         self._rows = list(rows.astype(np.float32))
         self._costs = [float(c) for c in costs]
         self._keys = [str(k) for k in keys]
+        self._hashes = [str(h) for h in hashes]
         self._booster = None
         if len(booster):
             self._booster = xgb.Booster(params={"nthread": self.config.nthread})

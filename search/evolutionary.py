@@ -305,7 +305,8 @@ def make_evolutionary_factory(target: Target, database, config, *, evolution: Ev
     """(factory(task, seed) -> EvolutionarySearch, finish()) sharing one cost model across tasks.
 
     The model is loaded from `config.cost_model_path` (or the file beside the database) when it
-    exists, else pretrained on the database's records for this target; `finish` saves it there.
+    exists, and (pre)trained on the database's records for this target it has not seen; `finish`
+    saves it there, so the next run starts warm even on an empty database.
     `factory.searches` lists the searches made, for their stats.
     """
     path = _model_path(database, config)
@@ -346,11 +347,19 @@ def _model_path(database, config) -> str | None:
 
 
 def _load_model(database, target: Target, path: str | None) -> CostModel:
-    from ..cost_model.xgb_model import XGBCostModel
+    """The saved model at `path` when it loads (a later run starts warm), else a fresh one; then it learns
+    from the database's records of this target that it has not seen (all of them, for a fresh model)."""
+    import logging
+
+    from ..cost_model.xgb_model import CostModelError, XGBCostModel
 
     model = XGBCostModel(target)
     if path is not None and os.path.exists(path):
-        model.load(path)
-    elif any(s.target_key == target.key and s.trials > s.errors for s in database.workloads()):
+        try:
+            model.load(path)
+        except CostModelError as e:  # another version's file: start from the database instead
+            logging.getLogger(__name__).warning("not using the saved cost model: %s", e)
+            model = XGBCostModel(target)
+    if any(s.target_key == target.key and s.trials > 0 for s in database.workloads()):
         model.pretrain_from_database(database, target.key)
     return model

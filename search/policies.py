@@ -1,7 +1,8 @@
 """Per-task search policies behind one interface: `propose(n)` candidates, `observe(results)`.
 
-RandomPolicy samples sketches and annotations uniformly (issue 3's plain search);
-the cost-model-guided evolutionary policy lives in evolutionary.py.
+RandomPolicy samples sketches and annotations uniformly (issue 3's plain search, the baseline);
+the cost-model-guided evolutionary policy (evolutionary.py) is the default strategy.
+policy.tune_task drives one policy on one task (tuner.tune_tasks drives many).
 """
 
 from __future__ import annotations
@@ -22,47 +23,65 @@ def default_candidate(task: Task, target: Target) -> Candidate | None:
 
 
 class RandomPolicy:
-    def __init__(self, task: Task, target: Target, *, seed: int, measured: set[str]):
+    """Fresh uniform samples of the task's sketches on each `propose(n)`, none measured or proposed before.
+
+    The first batch starts with the default schedule (so tuning never ends worse than untuned).
+    An empty batch means the space looks exhausted: `max_rounds_without_new` sampling rounds in
+    a row found nothing new."""
+
+    def __init__(self, task: Task, target: Target, *, seed: int = 0, measured: set[str] | None = None,
+                 include_default: bool = True, max_rounds_without_new: int = 4):
         self.task, self.target = task, target
         self.seed = seed
-        self.measured = measured  # trace hashes already in the database: never measured twice
+        self.measured = measured if measured is not None else set()  # trace hashes measured (database) or proposed
+        self.include_default = include_default
+        self.max_rounds_without_new = max_rounds_without_new
         self._round = 0
-        self._exhausted = False
+        self._sketches = None
 
     def propose(self, n: int) -> list[Candidate]:
-        out: list[Candidate] = []
-        if self._round == 0:
+        from .sampling import sample_candidates
+        from .sketch import generate_sketches
+
+        out: dict[str, Candidate] = {}
+        if self._round == 0 and self.include_default and n > 0:
             first = default_candidate(self.task, self.target)
             if first is not None and trace_hash(first.trace_json) not in self.measured:
-                out.append(first)
-        from .sampling import sample_candidates
-
-        for attempt in range(4):
-            if len(out) >= n or self._exhausted:
+                out[trace_hash(first.trace_json)] = first
+        if self._sketches is None:
+            self._sketches = generate_sketches(self.task, self.target)
+        for _ in range(self.max_rounds_without_new):
+            if len(out) >= n:
                 break
-            fresh = sample_candidates(self.task, self.target, n=2 * n, rng_seed=self.seed * 7919 + self._round * 131 + attempt)
-            new = [c for c in fresh if trace_hash(c.trace_json) not in self.measured]
-            for c in new:
-                if len(out) < n and trace_hash(c.trace_json) not in {trace_hash(o.trace_json) for o in out}:
-                    out.append(c)
-            if not fresh:
-                self._exhausted = True
+            self._round += 1
+            fresh = sample_candidates(self.task, self.target, n=2 * n, rng_seed=self.seed * 100_003 + self._round,
+                                      sketches=self._sketches)
+            found = False
+            for cand in fresh:
+                h = trace_hash(cand.trace_json)
+                if len(out) < n and h not in self.measured and h not in out:
+                    out[h] = cand
+                    found = True
+            if found and len(out) >= n:
+                break
         self._round += 1
-        return out
+        self.measured.update(out)  # never proposed twice, even if the caller drops the batch
+        return list(out.values())
 
     def observe(self, candidates: Sequence[Candidate], results: Sequence[MeasureResult]) -> None:
+        """Random search learns nothing; it only remembers what was measured."""
         self.measured.update(trace_hash(c.trace_json) for c in candidates)
 
 
 def make_policy_factory(target: Target, database, config) -> tuple[Callable[[Task, int], object], Callable[[], None]]:
     """(factory(task, seed) -> policy, finish()) for the configured strategy."""
-    try:
-        from .evolutionary import make_evolutionary_factory
-    except ImportError:  # TEMPORARY until search/evolutionary.py lands
-        make_evolutionary_factory = None
-    if config.strategy == "random" or make_evolutionary_factory is None:
+    if config.strategy not in ("evolutionary", "random"):
+        raise ValueError(f"unknown search strategy {config.strategy!r}: 'evolutionary' or 'random'")
+    if config.strategy == "random":
         def factory(task: Task, seed: int):
             return RandomPolicy(task, target, seed=seed, measured=database.measured_hashes(task.workload_key, target.key))
 
         return factory, lambda: None
+    from .evolutionary import make_evolutionary_factory
+
     return make_evolutionary_factory(target, database, config)

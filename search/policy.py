@@ -1,13 +1,13 @@
-"""Random search over one task's sketches: the baseline every smarter policy must beat.
+"""One task, one policy: the measure-commit loop, random search by default (the baseline).
 
     while trials remain:
-        batch   = random candidates the database has not measured yet
+        batch   = policy.propose(n)                  # policies.RandomPolicy unless given
         results = measurer.measure(task, batch)      # injected: real workers or a fake
-        database.commit(records); keep the best; report progress
+        database.commit(records); policy.observe(batch, results); keep the best; report progress
 
-The measurer, database and progress reporter are injected, so the loop is tested with
-fakes and no compilation.  `RandomSearch` also speaks the tuner's policy protocol
-(`propose(n)` / `observe(candidates, results)`), so `tuner.tune_tasks` can drive it.
+The measurer, database and progress reporter are injected, so the loop is tested with fakes
+and no compilation. `tuner.tune_tasks` is the many-task loop (with a task scheduler); both
+drive the same policies (policies.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from .. import __version__
 from ..compiler.task import Task
 from ..targets.base import Target
 from .measure_types import Candidate, MeasureResult, Record
-from .sampling import sample_candidates
-from .sketch import generate_sketches
+from .policies import RandomPolicy
 
 
 class Measurer(Protocol):
@@ -32,44 +31,9 @@ class Measurer(Protocol):
 class Database(Protocol):
     def commit(self, records) -> int: ...
 
-    def has_candidate(self, workload_key: str, target_key: str, trace_json: str) -> bool: ...
+    def measured_hashes(self, workload_key: str, target_key: str) -> set[str]: ...
 
     def best(self, workload_key: str, target_key: str, k: int = 1) -> list[Record]: ...
-
-
-class RandomSearch:
-    """Fresh random candidates on each call, none measured before (per the database)."""
-
-    def __init__(self, task: Task, target: Target, *, database: Database, seed: int = 0, max_rounds_without_new: int = 4):
-        self.task, self.target, self.database = task, target, database
-        self.seed = seed
-        self.max_rounds_without_new = max_rounds_without_new
-        self._round = 0
-        self._proposed: set[str] = set()  # this run's own candidates (measured or in flight)
-        self._sketches = generate_sketches(task, target)
-
-    def propose(self, n: int) -> list[Candidate]:
-        out: list[Candidate] = []
-        for _ in range(self.max_rounds_without_new):
-            self._round += 1
-            seed = self.seed * 100_003 + self._round
-            fresh = sample_candidates(self.task, self.target, n=2 * n, rng_seed=seed, sketches=self._sketches)
-            for cand in fresh:
-                if len(out) == n:
-                    break
-                if cand.trace_json in self._proposed or self._measured(cand):
-                    continue
-                self._proposed.add(cand.trace_json)
-                out.append(cand)
-            if out:
-                return out
-        return out  # empty: the space looks exhausted
-
-    def observe(self, candidates: Sequence[Candidate], results: Sequence[MeasureResult]) -> None:
-        """Random search learns nothing; the database already holds what was measured."""
-
-    def _measured(self, cand: Candidate) -> bool:
-        return self.database.has_candidate(self.task.workload_key, self.target.key, cand.trace_json)
 
 
 @dataclass
@@ -103,9 +67,11 @@ def tune_task(
     """Measure up to `trials` new candidates in batches; records are committed after each batch.
 
     `progress` is a `progress_bar.Progress` (or anything with its `update`/`close`); `policy`
-    defaults to RandomSearch.  The best covers earlier runs too (the database's best record).
+    defaults to a RandomPolicy that skips what the database measured.  The best covers earlier
+    runs too (the database's best record).
     """
-    policy = policy if policy is not None else RandomSearch(task, target, database=database, seed=seed)
+    if policy is None:
+        policy = RandomPolicy(task, target, seed=seed, measured=set(database.measured_hashes(task.workload_key, target.key)))
     result = TaskResult(task.name, task.workload_key)
     prior = database.best(task.workload_key, target.key, k=1)
     if prior and prior[0].result.ok:

@@ -321,3 +321,50 @@ def test_factory_pretrains_saves_and_loads_the_real_cost_model(tmp_path, mm, mm_
         again = factory(mm, 0).model
         assert again.num_samples == len(mm_samples)
         np.testing.assert_allclose(again.predict(mm, mm_samples), model.predict(mm, mm_samples))
+
+
+def test_a_later_run_starts_warm_from_the_saved_model_and_catches_up(tmp_path, mm, mm_samples):
+    saved = str(tmp_path / "model.npz")
+    config = TuneConfig(cost_model_path=saved)
+    samples = sample_candidates(mm, TARGET, n=12, rng_seed=5)
+    first, later = samples[:9], samples[9:]  # >= XGBConfig.min_samples, so the first run trains
+    with Database(str(tmp_path / "a.db")) as db:
+        db.add_workload(mm)
+        db.commit([Record(mm.workload_key, TARGET.key, c, MeasureResult((1e-3 * (k + 1),)), mm.name)
+                   for k, c in enumerate(first)])
+        factory, finish = make_evolutionary_factory(TARGET, db, config, evolution=SMALL)
+        assert factory(mm, 0).model.num_samples == len(first)
+        finish()
+    # another run, another (empty) database: the saved model is loaded, trained, nothing re-learned
+    with Database(str(tmp_path / "b.db")) as db:
+        factory, _ = make_evolutionary_factory(TARGET, db, config, evolution=SMALL)
+        model = factory(mm, 0).model
+        assert model.trained and model.num_samples == len(first)
+    # a database with the old records and new ones: only the new ones are added
+    with Database(str(tmp_path / "a.db")) as db:
+        db.commit([Record(mm.workload_key, TARGET.key, c, MeasureResult((2e-3,)), mm.name) for c in later])
+        factory, finish = make_evolutionary_factory(TARGET, db, config, evolution=SMALL)
+        assert factory(mm, 0).model.num_samples == len(samples)
+        finish()
+
+
+def test_an_unreadable_saved_model_falls_back_to_the_database(tmp_path, mm, mm_samples):
+    saved = tmp_path / "model.npz"
+    saved.write_bytes(b"not a model")
+    with Database(str(tmp_path / "a.db")) as db:
+        db.add_workload(mm)
+        db.commit([Record(mm.workload_key, TARGET.key, c, MeasureResult((1e-3 * (k + 1),)), mm.name)
+                   for k, c in enumerate(mm_samples)])
+        factory, _ = make_evolutionary_factory(TARGET, db, TuneConfig(cost_model_path=str(saved)), evolution=SMALL)
+        model = factory(mm, 0).model
+        assert model.trained and model.num_samples == len(mm_samples)
+
+
+def test_the_default_strategy_is_the_evolutionary_search(tmp_path, mm):
+    from tilecraft.search.evolutionary import EvolutionarySearch
+    from tilecraft.search.policies import make_policy_factory
+
+    assert TuneConfig().strategy == "evolutionary"
+    with Database(str(tmp_path / "a.db")) as db:
+        factory, _ = make_policy_factory(TARGET, db, TuneConfig())
+        assert isinstance(factory(mm, 0), EvolutionarySearch)

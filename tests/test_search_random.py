@@ -1,4 +1,4 @@
-"""Random search with a fake measurer and an in-memory database: no compilation at all.
+"""Random search (policies.RandomPolicy driven by policy.tune_task) with a fake measurer and an in-memory database: no compilation at all.
 
 The fake cost is a function of the trace's decisions, so "the best" is known and every
 assertion can fail for a reason.  Candidates are real (sampled from the CPU sketches).
@@ -17,7 +17,9 @@ from tvm import te, topi
 from tilecraft.compiler.ir import TensorType
 from tilecraft.compiler.task import Task, workload_key
 from tilecraft.search.measure_types import ErrorKind, MeasureResult
-from tilecraft.search.policy import RandomSearch, TaskResult, tune_task
+from tilecraft.search.database import trace_hash
+from tilecraft.search.policies import RandomPolicy
+from tilecraft.search.policy import TaskResult, tune_task
 from tilecraft.search.progress_bar import Progress
 from tilecraft.targets.base import resolve_target
 
@@ -75,6 +77,10 @@ class MemoryDatabase:
         return any(r.workload_key == workload_key and r.target_key == target_key and r.candidate.trace_json == trace_json
                    for r in self.records)
 
+    def measured_hashes(self, workload_key, target_key):
+        return {trace_hash(r.candidate.trace_json) for r in self.records
+                if r.workload_key == workload_key and r.target_key == target_key}
+
     def best(self, workload_key, target_key, k=1):
         ok = [r for r in self.records if r.workload_key == workload_key and r.target_key == target_key and r.result.ok]
         return sorted(ok, key=lambda r: r.result.mean)[:k]
@@ -127,11 +133,28 @@ def test_a_small_space_ends_early():
 
 
 def test_random_search_speaks_the_policy_protocol(matmul):
-    db = MemoryDatabase()
-    policy = RandomSearch(matmul, TARGET, database=db, seed=5)
+    policy = RandomPolicy(matmul, TARGET, seed=5)
     a, b = policy.propose(8), policy.propose(8)
     assert len(a) == len(b) == 8 and not {c.trace_json for c in a} & {c.trace_json for c in b}
+    assert a[0].sketch == "default" and all(c.sketch != "default" for c in b)  # the untuned schedule first, once
     policy.observe(a, FakeMeasurer().measure(matmul, a))
+
+
+def test_random_policy_skips_measured_hashes(matmul):
+    first = RandomPolicy(matmul, TARGET, seed=5).propose(8)
+    measured = {trace_hash(c.trace_json) for c in first}
+    again = RandomPolicy(matmul, TARGET, seed=5, measured=set(measured)).propose(8)  # same seed, same samples offered
+    assert len(again) == 8 and not {trace_hash(c.trace_json) for c in again} & measured
+
+
+def test_strategy_names_are_checked():
+    from tilecraft.search.policies import make_policy_factory
+    from tilecraft.search.tuner import TuneConfig
+
+    factory, finish = make_policy_factory(TARGET, MemoryDatabase(), TuneConfig(strategy="random"))
+    assert isinstance(factory, object) and finish() is None
+    with pytest.raises(ValueError, match="strategy"):
+        make_policy_factory(TARGET, MemoryDatabase(), TuneConfig(strategy="annealing"))
 
 
 def test_progress_plain_lines_off_a_terminal(matmul):
