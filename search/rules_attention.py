@@ -26,7 +26,7 @@ from tvm.s_tir import Schedule
 
 from ..compiler.lower_attention import FUNC_ATTR, TILE_BLOCK
 from ..targets.base import Target
-from .sketch import Outcome, Rule, SketchContext, decompose_reductions, new_schedule, register_rule
+from .sketch import Outcome, SketchContext, pattern_default_schedule, register_pattern_rules
 
 UNROLL_STEPS = (0, 16)  # hot loops are unrolled explicitly; deeper auto-unroll costs up to 20 s of LLVM per build
 MAX_REGISTER_ROWS = 8
@@ -143,20 +143,9 @@ def _inner_condition(sch: Schedule, block: str, ctx: SketchContext) -> Outcome:
 
 
 # priority 0: before every generic rule (inline would reach into the kernel's nested blocks)
-register_rule(Rule("attention_cpu", _main_condition(False), lambda sch, block, ctx, variant: schedule_attention_cpu(sch, ctx), priority=0))
-register_rule(Rule("attention_gpu", _main_condition(True), lambda sch, block, ctx, variant: schedule_attention_gpu(sch, ctx), priority=0))
-register_rule(Rule("attention_inner", _inner_condition, lambda sch, block, ctx, variant: None, priority=0))
-
-ATTENTION_RULES = ("attention_inner", "attention_cpu", "attention_gpu")  # names for target.rules
+ATTENTION_RULES = register_pattern_rules("attention", _main_condition, _inner_condition, cpu=schedule_attention_cpu, gpu=schedule_attention_gpu)
 
 
 def default_attention_schedule(task, target: Target) -> Schedule:
     """The deterministic schedule of an attention task (the rule with its default decisions)."""
-    ctx = SketchContext(target, deterministic=True)
-    sch = new_schedule(task.mod)
-    if target.is_gpu:
-        schedule_attention_gpu(sch, ctx)
-    else:
-        schedule_attention_cpu(sch, ctx)
-    decompose_reductions(sch)
-    return sch
+    return pattern_default_schedule(task, target, cpu=schedule_attention_cpu, gpu=schedule_attention_gpu)

@@ -35,13 +35,11 @@ from ..targets.base import GPU_DEFAULT_LIMITS, Target
 from .sketch import (
     SCHEDULE_ERRORS,
     Outcome,
-    Rule,
     SketchContext,
     analyze,
     block_names,
-    decompose_reductions,
-    new_schedule,
-    register_rule,
+    pattern_default_schedule,
+    register_pattern_rules,
     stmt_of,
 )
 
@@ -299,20 +297,9 @@ def _inner_condition(sch: Schedule, block: str, ctx: SketchContext) -> Outcome:
     return Outcome.APPLY_AND_SKIP_REST
 
 
-register_rule(Rule("bottleneck_cpu", _main_condition(False), lambda sch, block, ctx, variant: schedule_bottleneck_cpu(sch, ctx), priority=0))
-register_rule(Rule("bottleneck_gpu", _main_condition(True), lambda sch, block, ctx, variant: schedule_bottleneck_gpu(sch, ctx), priority=0))
-register_rule(Rule("bottleneck_inner", _inner_condition, lambda sch, block, ctx, variant: None, priority=0))
-
-BOTTLENECK_RULES = ("bottleneck_inner", "bottleneck_cpu", "bottleneck_gpu")  # names for target.rules
+BOTTLENECK_RULES = register_pattern_rules("bottleneck", _main_condition, _inner_condition, cpu=schedule_bottleneck_cpu, gpu=schedule_bottleneck_gpu)
 
 
 def default_bottleneck_schedule(task, target: Target) -> Schedule:
     """The deterministic schedule of a bottleneck task (the rule with its default decisions)."""
-    ctx = SketchContext(target, deterministic=True)
-    sch = new_schedule(task.mod)
-    if target.is_gpu:
-        schedule_bottleneck_gpu(sch, ctx)
-    else:
-        schedule_bottleneck_cpu(sch, ctx)
-    decompose_reductions(sch)
-    return sch
+    return pattern_default_schedule(task, target, cpu=schedule_bottleneck_cpu, gpu=schedule_bottleneck_gpu)

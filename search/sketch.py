@@ -125,6 +125,25 @@ def register_rule(rule: "Rule | AnnotationRule") -> None:
     table[rule.name] = rule
 
 
+def register_pattern_rules(name: str, main_condition, inner_condition, *, cpu, gpu) -> tuple[str, ...]:
+    """The three rules of a pattern kernel (attention, bottleneck): `NAME_cpu` / `NAME_gpu` schedule the
+    whole kernel from its output block; `NAME_inner` claims its other blocks so that no generic rule
+    reaches into them.  Priority 0: before every generic rule.  Returns the names for target.rules."""
+    register_rule(Rule(f"{name}_cpu", main_condition(False), lambda sch, block, ctx, variant: cpu(sch, ctx), priority=0))
+    register_rule(Rule(f"{name}_gpu", main_condition(True), lambda sch, block, ctx, variant: gpu(sch, ctx), priority=0))
+    register_rule(Rule(f"{name}_inner", inner_condition, lambda sch, block, ctx, variant: None, priority=0))
+    return (f"{name}_inner", f"{name}_cpu", f"{name}_gpu")
+
+
+def pattern_default_schedule(task, target, *, cpu, gpu):
+    """A pattern kernel's deterministic schedule: its rule with the default decisions."""
+    ctx = SketchContext(target, deterministic=True)
+    sch = new_schedule(task.mod)
+    (gpu if target.is_gpu else cpu)(sch, ctx)
+    decompose_reductions(sch)
+    return sch
+
+
 def _load_rule_modules() -> None:
     for name in _RULE_MODULES:  # rules_gpu is optional: another engineer's file
         full = f"{__package__}.{name}"
