@@ -3,9 +3,12 @@ our metadata); a fresh process loads it with the TVM runtime and this small load
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -15,6 +18,27 @@ from tvm import relax
 
 from ..errors import InputError, ModuleLoadError
 from .build import META_FUNC
+
+
+@contextlib.contextmanager
+def _quiet_scope_warnings():
+    """TVM's VM serializer logs one 'Scope Saving' warning per constant (harmless, dozens per
+    model) straight to fd 2; drop those lines and pass every other line through."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines = tmp.read().decode(errors="replace").splitlines(keepends=True)
+            kept = [line for line in lines if "Scope Saving" not in line]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 @dataclass(frozen=True)
@@ -65,7 +89,8 @@ class Module:
             from tvm.support import cc
 
             kwargs["fcompile"] = cc.cross_compiler(cross_compiler)
-        self._exe.export_library(path, **kwargs)
+        with _quiet_scope_warnings():
+            self._exe.export_library(path, **kwargs)
         return path
 
     # -- running -----------------------------------------------------------------
