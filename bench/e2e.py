@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import statistics
@@ -88,7 +89,7 @@ def main() -> None:
             out = module.run(feeds)
             errors[label] = max(float(np.abs(out[o] - r).max() / max(np.abs(r).max(), 1e-6)) for o, r in zip(module.output_names, ref))
             args_ = module._arguments(feeds)
-            runs[label] = (lambda f, a: lambda: f(*a))(module.vm["main"], args_)
+            runs[label] = functools.partial(module.vm["main"], *args_)
         samples = {label: [] for label in runs}
         for _ in range(ROUNDS):
             for label, fn in runs.items():

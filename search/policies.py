@@ -56,14 +56,10 @@ class RandomPolicy:
             self._round += 1
             fresh = sample_candidates(self.task, self.target, n=2 * n, rng_seed=self.seed * 100_003 + self._round,
                                       sketches=self._sketches)
-            found = False
             for cand in fresh:
                 h = trace_hash(cand.trace_json)
                 if len(out) < n and h not in self.measured and h not in out:
                     out[h] = cand
-                    found = True
-            if found and len(out) >= n:
-                break
         self._round += 1
         self.measured.update(out)  # never proposed twice, even if the caller drops the batch
         return list(out.values())
