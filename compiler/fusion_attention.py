@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import GraphError, ShapeError
-from .ir import Graph, Node, TensorType
+from .ir import Graph, Node, TensorType, values_read
 from .ops import broadcast_shapes, infer_type
 
 FLOATS = ("float16", "float32", "float64")
@@ -97,7 +97,7 @@ def fuse_attention(graph: Graph) -> Graph:
             constants.update(m.constants)
         elif node.name not in claimed:
             nodes.append(node)
-    used = {i for n in nodes for i in n.inputs} | set(graph.outputs)
+    used = values_read(nodes) | set(graph.outputs)
     return dataclasses.replace(graph, nodes=tuple(nodes), constants={k: v for k, v in constants.items() if k in used})
 
 

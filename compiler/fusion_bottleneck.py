@@ -30,7 +30,7 @@ from typing import Callable
 from .fusion import _Group, _to_fused, fuse_epilogues
 import numpy as np
 
-from .ir import Graph, Node, TensorType
+from .ir import Graph, Node, TensorType, values_read
 from .ops import infer_type
 
 ANCHOR = "bottleneck"
@@ -115,7 +115,7 @@ def fuse_bottleneck(graph: Graph) -> Graph:
             nodes.append(replace[n.name])
         elif n.name not in removed:
             nodes.append(n)
-    used = {i for n in nodes for i in n.inputs} | set(graph.outputs)
+    used = values_read(nodes) | set(graph.outputs)
     constants = {k: v for k, v in constants.items() if k in used or k in graph.constants}
     return dataclasses.replace(graph, nodes=tuple(nodes), constants=constants)
 

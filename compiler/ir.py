@@ -162,6 +162,17 @@ class Graph:
         return "\n".join(lines)
 
 
+def values_read(nodes: Iterable[Node]) -> set[str]:
+    """Names the nodes read, counting the unfused alternative (`parts`) of a bottleneck node: its
+    packed weights live only there, and a pass that drops unread constants must keep them."""
+    read: set[str] = set()
+    for n in nodes:
+        read.update(n.inputs)
+        for part in n.attr("parts") or ():
+            read.update(part.inputs)
+    return read
+
+
 def verify(graph: Graph) -> Graph:
     """Check names are unique, every input is defined before use, outputs exist and
     each node's type matches what shape inference gives.  Returns the graph."""

@@ -186,8 +186,20 @@ register("where", ELEMWISE, _where_infer, lambda i, a: np.where(i[0], i[1], i[2]
 
 # ---------------------------------------------------------------------------
 # matmul: numpy semantics for >= 2-D operands, optional transposed B (Gemm, linear)
+def unpack_matmul_weight(w: np.ndarray, layout: str | None) -> np.ndarray:
+    """KN{b}n = [N/b, K, b] -> [K, N] (the inverse of passes.pack_weights); as it is otherwise."""
+    if not layout:
+        return w
+    nb, k, b = w.shape
+    return w.transpose(1, 0, 2).reshape(k, nb * b)
+
+
 def _matmul_infer(inputs, attrs):
     a, b = inputs
+    if attrs.get("weight_layout"):
+        if b.ndim != 3:
+            raise ShapeError(f"matmul: weight layout {attrs['weight_layout']} needs a 3-D weight, got {b}")
+        b = TensorType((b.shape[1], b.shape[0] * b.shape[2]), b.dtype)
     if a.ndim < 2 or b.ndim < 2:
         raise ShapeError("matmul operands must be at least 2-D (frontends reshape vectors)")
     bk, bn = (b.shape[-1], b.shape[-2]) if attrs.get("transpose_b") else (b.shape[-2], b.shape[-1])
@@ -199,6 +211,7 @@ def _matmul_infer(inputs, attrs):
 
 def _matmul_eval(inputs, attrs):
     a, b = inputs
+    b = unpack_matmul_weight(b, attrs.get("weight_layout"))
     if attrs.get("transpose_b"):
         b = np.swapaxes(b, -1, -2)
     return np.matmul(a, b)
@@ -213,8 +226,26 @@ def conv_out_dim(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, dilat
     return (size + pad_lo + pad_hi - dilation * (k - 1) - 1) // stride + 1
 
 
+def _packed_weight_type(w: TensorType, attrs) -> TensorType:
+    """The OIHW type of a weight that pack_weights stored as OIHW{b}o."""
+    if not attrs.get("weight_layout"):
+        return w
+    if w.ndim != 5:
+        raise ShapeError(f"conv2d: weight layout {attrs['weight_layout']} needs a 5-D weight, got {w}")
+    ob, i, kh, kw, b = w.shape
+    return TensorType((ob * b, i, kh, kw), w.dtype)
+
+
+def unpack_conv_weight(w: np.ndarray, layout: str | None) -> np.ndarray:
+    """OIHW{b}o -> OIHW (the inverse of passes.pack_weights); OIHW as it is."""
+    if not layout:
+        return w
+    ob, i, kh, kw, b = w.shape
+    return w.transpose(0, 4, 1, 2, 3).reshape(ob * b, i, kh, kw)
+
+
 def _conv_infer(inputs, attrs):
-    x, w = inputs[0], inputs[1]
+    x, w = inputs[0], _packed_weight_type(inputs[1], attrs)
     if x.ndim != 4 or w.ndim != 4:
         raise ShapeError(f"conv2d expects 4-D input and weight, got {x} and {w}")
     groups = attrs.get("groups", 1)
@@ -230,6 +261,9 @@ def _conv_infer(inputs, attrs):
 
 def _conv_eval(inputs, attrs):
     x, w = inputs[0], inputs[1]
+    if attrs.get("weight_layout"):
+        w = unpack_conv_weight(w, attrs["weight_layout"])
+        attrs = {k: v for k, v in attrs.items() if k != "weight_layout"}
     (sh, sw), (pt, pl, pb, pr), (dh, dw) = attrs["strides"], attrs["pads"], attrs["dilations"]
     g = attrs.get("groups", 1)
     n, c, _, _ = x.shape

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from .fusion import fuse_epilogues
 from .fusion_attention import fuse_attention
 from .fusion_bottleneck import fuse_bottleneck
 from .ir import Graph, verify
-from .passes import eliminate_dead_code, fold_batch_norm, fold_constants, simplify
+from .passes import eliminate_dead_code, fold_batch_norm, fold_constants, pack_weights, simplify
 
 Pass = Callable[[Graph], Graph]
 
@@ -20,18 +21,23 @@ PIPELINE: tuple[tuple[str, Pass], ...] = (
     ("eliminate_dead_code", eliminate_dead_code),
     ("fuse_attention", fuse_attention),
     ("fuse_bottleneck", fuse_bottleneck),  # before fuse_epilogues: it groups its chains' epilogues itself
+    ("pack_weights", pack_weights),  # convs outside bottleneck chains; needs the target's vector width
     ("fuse_epilogues", fuse_epilogues),
 )
 
 FUSION_PASSES = {"fuse_attention": "attention", "fuse_bottleneck": "bottleneck", "fuse_epilogues": "epilogue"}
 
 
-def optimize(graph: Graph, *, no_fuse: frozenset[str] = frozenset(), verify_each: bool = False) -> Graph:
+def optimize(graph: Graph, *, no_fuse: frozenset[str] = frozenset(), verify_each: bool = False,
+             weight_block: int = 0) -> Graph:
     """Run the pipeline.  `no_fuse` names fusions to switch off ("epilogue", "attention", "bottleneck")
-    for ablation; the unfused ops then become one kernel each."""
+    for ablation; the unfused ops then become one kernel each.  `weight_block` is the target's
+    fp32 vector width for pack_weights (0: NCHW weights, the target-independent graph)."""
     for name, fn in PIPELINE:
         if FUSION_PASSES.get(name) in no_fuse:
             continue
+        if fn is pack_weights:
+            fn = functools.partial(fn, block=weight_block)
         graph = fn(graph)
         if verify_each:
             verify(graph)

@@ -51,6 +51,11 @@ class RunnerConfig:
     number: int = 3  # calls per timed repeat
     repeat: int = 3  # timed repeats: one cost each
     min_repeat_ms: int = 50  # a repeat is lengthened (more calls) until it takes this long
+    # CPU only: flush the caches of every argument but the first before each timed call, and time
+    # single calls (number x repeat of them).  In a model the weights come from memory, not from a
+    # cache warmed by the previous call: timed warm, GPT-2's 9 MB matmuls looked 2.4x faster than
+    # they run in the model, and the search picked tilings that re-read the weights per row block.
+    cache_flush: bool = True
     timeout_s: float = 10.0  # per candidate: load + correctness check + timing
     check_correctness: bool = True  # compare with the unscheduled task's output first
     reference_timeout_s: float = 120.0  # building and running the unscheduled reference

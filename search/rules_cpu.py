@@ -15,6 +15,10 @@ from .sketch import Outcome, Rule, SketchContext, _vars_in, analyze, register_ru
 
 MAX_INNER_SPATIAL = 64  # largest innermost spatial tile sampled (4 AVX-512 vectors)
 MAX_INNER_REDUCE = 64
+# an operand that the register-tile rows all share (a matmul's weight B[k, j]) and that is larger
+# than a core's L2 comes from memory in a model: the default keeps every row inside its tile,
+# so each block of it is read once (GPT-2's 128x768x3072: 2.3x faster with caches flushed, measured)
+STREAMED_OPERAND_BYTES = 1 << 20
 
 
 # --------------------------------------------------------------------------- inline
@@ -182,6 +186,7 @@ def default_tiles(sch: Schedule, block: str, ctx: SketchContext) -> list[list[in
     spatial = [i for i, k in enumerate(info.loop_kinds) if k == "S"]
     vec_axis = next((i for i in reversed(spatial) if info.loop_extents[i] > 1), None)
     reg_axis = _register_axis(sch, block, info, vec_axis)
+    rows_inside = reg_axis is not None and _shared_operand_bytes(sch, block, reg_axis) > STREAMED_OPERAND_BYTES
     out = []
     for i, (kind, extent) in enumerate(zip(info.loop_kinds, info.loop_extents)):
         if kind != "S":
@@ -194,6 +199,9 @@ def default_tiles(sch: Schedule, block: str, ctx: SketchContext) -> list[list[in
         elif i == reg_axis:
             inner = _largest_divisor(extent, 8)
         rest = extent // inner
+        if i == reg_axis and rows_inside:
+            out.append([1, 1, rest, inner])
+            continue
         mid = _largest_divisor(rest, 4) if i == vec_axis else 1
         out.append([rest // mid, mid, 1, inner])
     # keep enough outer (parallel) iterations for the cores: move S1 back into S0
@@ -222,6 +230,20 @@ def _register_axis(sch: Schedule, block: str, info, vec_axis: int | None) -> int
             ):
                 return i
     return None
+
+
+def _shared_operand_bytes(sch: Schedule, block: str, axis: int) -> int:
+    """Bytes of the largest operand whose indices do not use spatial axis `axis`."""
+    stmt = stmt_of(sch, sch.get_sblock(block))
+    var = stmt.iter_vars[axis].var
+    largest = 0
+    for region in stmt.reads:
+        if any(any(var.same_as(u) for u in _vars_in(rng.min)) for rng in region.region):
+            continue
+        buf = region.source if hasattr(region, "source") else region.buffer
+        size = _prod(int(d) for d in buf.shape) * tvm.runtime.DataType(str(buf.dtype)).bits // 8
+        largest = max(largest, size)
+    return largest
 
 
 def _vector_tile(extent: int, lanes: int) -> int:

@@ -73,6 +73,10 @@ def compare(out: np.ndarray, ref: np.ndarray) -> str:
     return f"{int(bad.sum())} of {ref.size} elements differ, max |error| {err:.3g} (atol {atol:.3g}, rtol {rtol:g})"
 
 
+CPU_DEVICE_TYPE = 1  # kDLCPU
+RPC_SESSION_MASK = 128  # a remote device's type is its local type + 128 * (session index + 1)
+
+
 def measure_module(lib, dev, specs: Sequence[Spec], reference: np.ndarray | None, config: dict) -> tuple:
     """Check, then time, main() of a loaded module on `dev` (local or remote).
 
@@ -90,14 +94,19 @@ def measure_module(lib, dev, specs: Sequence[Spec], reference: np.ndarray | None
     inputs = random_inputs(specs[:-1], np.random.default_rng())
     args = [tvm.runtime.tensor(a, dev) for a in inputs] + [tvm.runtime.empty(specs[-1][0], specs[-1][1], dev)]
     func(*args)  # warm-up: first-touch page faults, lazy initialisation
-    timer = lib.time_evaluator(
-        "main", dev, number=config["number"], repeat=config["repeat"], min_repeat_ms=config["min_repeat_ms"]
-    )
+    if config.get("cache_flush") and dev.dlpack_device_type() % RPC_SESSION_MASK == CPU_DEVICE_TYPE:
+        timer = lib.time_evaluator("main", dev, number=1, repeat=config["number"] * config["repeat"], min_repeat_ms=0,
+                                   f_preproc="cache_flush_cpu_non_first_arg")
+    else:
+        timer = lib.time_evaluator(
+            "main", dev, number=config["number"], repeat=config["repeat"], min_repeat_ms=config["min_repeat_ms"]
+        )
     return ("ok", tuple(float(x) for x in timer(*args).results))
 
 
 def _timing(config: RunnerConfig) -> dict:
-    return {"number": config.number, "repeat": config.repeat, "min_repeat_ms": config.min_repeat_ms}
+    return {"number": config.number, "repeat": config.repeat, "min_repeat_ms": config.min_repeat_ms,
+            "cache_flush": config.cache_flush}
 
 
 def _failure(reply: tuple) -> MeasureResult:

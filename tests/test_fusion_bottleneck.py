@@ -71,6 +71,11 @@ def test_tasks_include_fused_and_parts():
     assert kinds == ["bottleneck", "conv2d", "conv2d", "conv2d"]
     (parts,) = prepared.table.part_tasks.values()
     assert len(parts) == 3 and all(k in prepared.table.by_key() for k in parts)
+    # on x86 the parts' convs have packed weights (compiler/passes.pack_weights); the fused kernel keeps OIHW
+    (node,) = [n for n in prepared.graph.nodes if n.attr("parts")]
+    if api.weight_block(prepared.target):
+        layouts = [n.attr("weight_layout") for p in node.attr("parts") for n in p.attr("body").nodes if n.op == "conv2d"]
+        assert all(layouts) and not any(n.attr("weight_layout") for n in node.attr("body").nodes)
 
 
 def _allocations(func) -> dict[str, int]:

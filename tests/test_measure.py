@@ -7,6 +7,7 @@ the same signature, so the reference (the task's unscheduled build) stays health
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -189,9 +190,19 @@ def test_scheduled_matmul_candidates_measure(measurer, builder):
     results = measurer.measure(task, [tiled(task, 4, 16), tiled(task, 8, 32), EMPTY])
     for r in results:
         assert r.ok, r
-        assert len(r.costs) == FAST.repeat and all(c > 0 for c in r.costs)
+        # cache-flushed timing (the default on CPUs) times number x repeat single calls
+        assert len(r.costs) == FAST.number * FAST.repeat and all(c > 0 for c in r.costs)
         assert r.build_secs > 0
     assert os.listdir(builder._dir) == []  # artifacts are deleted once run
+
+
+def test_warm_cache_timing_keeps_repeats_of_number_calls(builder):
+    task = matmul_task()
+    warm = dataclasses.replace(FAST, cache_flush=False)
+    with LocalRunner(warm) as runner:
+        (r,) = Measurer(LLVM, builder=builder, runner=runner).measure(task, [tiled(task, 4, 16)])
+    assert r.ok, r
+    assert len(r.costs) == warm.repeat and all(c > 0 for c in r.costs)
 
 
 def test_trace_that_does_not_replay_is_instantiate(measurer):

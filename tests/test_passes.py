@@ -11,7 +11,14 @@ import pytest
 from tilecraft.compiler.fusion import count_fused, fuse_epilogues
 from tilecraft.compiler.interpret import run_graph
 from tilecraft.compiler.ir import Graph, Node, TensorType, verify
-from tilecraft.compiler.passes import eliminate_dead_code, fold_batch_norm, fold_constants, simplify
+from tilecraft.compiler.passes import (
+    eliminate_dead_code,
+    fold_batch_norm,
+    fold_constants,
+    pack_weights,
+    simplify,
+)
+from tilecraft.compiler.ops import unpack_conv_weight
 from tilecraft.compiler.pipeline import PIPELINE, optimize
 from tilecraft.errors import GraphError, ShapeError
 from tilecraft.frontends.builder import GraphBuilder
@@ -149,6 +156,58 @@ def test_values_used_twice_are_not_recomputed():
     names = [n.name for n in fused.nodes]
     assert "r" in names and "mm2" in names
     verify(fused)
+
+
+def conv_zoo() -> Graph:
+    """Convs that pack (strided, dilated, padded, biased, shared weight) and two that must not."""
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType((1, 8, 13, 11), "float32"))
+    w = b.const(rng.standard_normal((16, 8, 3, 3)).astype("float32"), "w")
+    bias = b.const(rng.standard_normal(16).astype("float32"), "bias")
+    a = b.add("conv2d", [x, w, bias], "strided", strides=(2, 1), pads=(1, 0, 2, 1), dilations=(1, 2), groups=1)
+    c = b.add("conv2d", [x, w], "same_weight", strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1)
+    odd = b.add("conv2d", [c, b.const(rng.standard_normal((12, 16, 1, 1)).astype("float32"), "w12")], "odd",
+                strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1)
+    dw = b.add("conv2d", [c, b.const(rng.standard_normal((16, 1, 3, 3)).astype("float32"), "wdw")], "depthwise",
+               strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=16)
+    return b.finish([a, odd, dw])
+
+
+def test_conv_weights_pack_by_the_block_and_keep_values():
+    g = conv_zoo()
+    packed = pack_weights(g, block=8)
+    verify(packed)
+    layouts = {n.name: n.attr("weight_layout") for n in packed.nodes}
+    assert layouts == {"strided": "OIHW8o", "same_weight": "OIHW8o", "odd": None, "depthwise": None}
+    weights = {n.inputs[1] for n in packed.nodes if n.attr("weight_layout")}
+    assert len(weights) == 1 and packed.constants[weights.pop()].shape == (2, 8, 3, 3, 8)  # packed once, shared
+    assert "w" not in packed.constants  # the OIHW copy is gone
+    f = feeds(g)
+    for got, want in zip(run_graph(packed, f), run_graph(g, f)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert pack_weights(g, block=0) is g
+    assert pack_weights(packed, block=8).constants.keys() == packed.constants.keys()  # idempotent
+
+
+def test_packed_weight_unpacks_exactly():
+    w = rng.standard_normal((32, 3, 5, 7)).astype("float32")
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType((1, 3, 9, 9), "float32"))
+    g = b.finish([b.add("conv2d", [x, b.const(w, "w")], "c", strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1)])
+    packed = pack_weights(g, block=16)
+    node = packed.nodes[0]
+    np.testing.assert_array_equal(unpack_conv_weight(packed.constants[node.inputs[1]], node.attr("weight_layout")), w)
+
+
+def test_pipeline_packs_conv_weights_only_when_asked():
+    g = conv_zoo()
+    plain, packed = optimize(g), optimize(g, weight_block=8)
+
+    def layouts(graph):
+        return sorted(str(n.attr("weight_layout")) for fused in graph.nodes for n in fused.attr("body").nodes if n.op == "conv2d")
+
+    assert layouts(plain) == ["None"] * 4
+    assert layouts(packed) == ["None", "None", "OIHW8o", "OIHW8o"]
 
 
 def test_pipeline_is_one_named_list():

@@ -17,6 +17,8 @@ from tvm import te, topi
 from tvm.s_tir import Schedule, Trace
 
 from tilecraft.compiler.ir import TensorType
+from tilecraft.compiler.lower_ops import LOWER
+from tilecraft.compiler.ops import unpack_conv_weight
 from tilecraft.compiler.task import Task, workload_key
 from tilecraft.search.default_schedule import default_schedule, simple_schedule
 from tilecraft.search.measure_types import Candidate
@@ -74,6 +76,14 @@ def build_cases():
             make_task(name, (X, Wt, bias), out),
             lambda x, w, b, s=s, p=p: np.maximum(conv_ref(x, w, s, p) + b[None], 0),
         )
+    # OIHW8o weights (compiler/passes.pack_weights): a blocked reduction, then the NCHW write-back
+    X, Wp, bias = P((1, 8, 14, 14), "X"), P((2, 8, 3, 3, 8), "W"), P((16,), "bias")
+    attrs = {"strides": (2, 2), "pads": (1, 1, 1, 1), "dilations": (1, 1), "groups": 1, "weight_layout": "OIHW8o"}
+    out = topi.nn.relu(LOWER["conv2d"]([X, Wp, bias], attrs, TensorType((1, 16, 7, 7), "float32")))
+    cases["conv3x3_packed"] = (
+        make_task("conv3x3_packed", (X, Wp, bias), out),
+        lambda x, w, b: np.maximum(conv_ref(x, unpack_conv_weight(w, "OIHW8o"), 2, 1) + b[None, :, None, None], 0),
+    )
     X, Wt = P((1, 16, 14, 14), "X"), P((16, 1, 3, 3), "W")
     cases["depthwise"] = (
         make_task("depthwise", (X, Wt), topi.nn.depthwise_conv2d_nchw(X, Wt, 1, 1, 1)),
