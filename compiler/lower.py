@@ -37,10 +37,7 @@ def lower_body(body: Graph, *, name: str = "main") -> tuple[tvm.tirx.PrimFunc, t
         lower = LOWER.get(node.op)
         if lower is None:
             raise GraphError(f"no TensorIR lowering for op {node.op!r} (node %{node.name})")
-        attrs = node.attr_dict
-        if node.op == "pow" and node.inputs[1] in body.constants and body.constants[node.inputs[1]].size == 1:
-            attrs = {**attrs, "exponent": float(body.constants[node.inputs[1]].reshape(()).item())}
-        values[node.name] = lower([values[i] for i in node.inputs], attrs, node.type)
+        values[node.name] = lower([values[i] for i in node.inputs], node.attr_dict, node.type)
     out = values[body.outputs[0]]
     if isinstance(out.op, te.PlaceholderOp):  # the body forwards an input: copy it
         out = te.compute(out.shape, lambda *i: values[body.outputs[0]](*i), name="T_copy")

@@ -199,11 +199,19 @@ for _op in BINARY:
     LOWER[_op] = _make_binary(_op)
 
 
+def _baked_scalar(t: te.Tensor) -> float | None:
+    """The value of a constant that lower_body baked into the kernel as a one-value compute, else None."""
+    op = t.op
+    if isinstance(op, te.ComputeOp) and op.name == "T_const" and isinstance(op.body[0], (tirx.FloatImm, tirx.IntImm)):
+        return float(op.body[0].value)
+    return None
+
+
 @lowering("pow")
 def _pow_op(inputs, attrs, out_type):
-    """x ** c for a constant scalar c (`exponent`, set by lower_body) as multiplies or a sqrt:
-    powf is a scalar libm call per element (GPT-2's GELU computes x ** 3)."""
-    e = attrs.get("exponent")
+    """x ** c for a constant scalar c as multiplies or a sqrt: powf is a scalar libm call per
+    element (GPT-2's GELU computes x ** 3)."""
+    e = _baked_scalar(inputs[1])
     if e is None or "float" not in _dt(inputs[0]) or e not in (0.5, 1.0, 2.0, 3.0, 4.0, -1.0):
         return _elementwise(_pow, out_type, inputs[0], inputs[1], name="T_pow")
 
@@ -340,10 +348,13 @@ def _conv2d_packed(inputs, attrs, out_type):
         lambda i, o, y, z, c: te.sum(padded[i, rc, y * sh + ry * dh, z * sw + rx * dw] * w[o, rc, ry, rx, c], axis=[rc, ry, rx]),
         name="conv2d_nchwc",
     )
+    def unblock(i, o, y, z):
+        return blocked[i, o // b, y, z, o % b]
+
     if len(inputs) > 2:
         bias = inputs[2]
-        return te.compute(out_type.shape, lambda i, o, y, z: blocked[i, o // b, y, z, o % b] + bias[o], name="T_add_bias")
-    return te.compute(out_type.shape, lambda i, o, y, z: blocked[i, o // b, y, z, o % b], name="T_unblock")
+        return te.compute(out_type.shape, lambda i, o, y, z: unblock(i, o, y, z) + bias[o], name="T_add_bias")
+    return te.compute(out_type.shape, unblock, name="T_unblock")
 
 
 # --------------------------------------------------------------------------- reductions
