@@ -94,7 +94,7 @@ def measure_module(lib, dev, specs: Sequence[Spec], reference: np.ndarray | None
     inputs = random_inputs(specs[:-1], np.random.default_rng())
     args = [tvm.runtime.tensor(a, dev) for a in inputs] + [tvm.runtime.empty(specs[-1][0], specs[-1][1], dev)]
     func(*args)  # warm-up: first-touch page faults, lazy initialisation
-    if config.get("cache_flush") and dev.dlpack_device_type() % RPC_SESSION_MASK == CPU_DEVICE_TYPE:
+    if _flushes(config, specs) and dev.dlpack_device_type() % RPC_SESSION_MASK == CPU_DEVICE_TYPE:
         timer = lib.time_evaluator("main", dev, number=1, repeat=config["number"] * config["repeat"], min_repeat_ms=0,
                                    f_preproc="cache_flush_cpu_non_first_arg")
     else:
@@ -104,9 +104,18 @@ def measure_module(lib, dev, specs: Sequence[Spec], reference: np.ndarray | None
     return ("ok", tuple(float(x) for x in timer(*args).results))
 
 
+def _flushes(config: dict, specs: Sequence[Spec]) -> bool:
+    """Cold timing when the arguments that a model reads from memory (all but the first input and
+    the output) are big enough not to stay cached between runs."""
+    if not config.get("cache_flush"):
+        return False
+    flushed = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in specs[1:-1])
+    return flushed >= config.get("cache_flush_min_bytes", 0)
+
+
 def _timing(config: RunnerConfig) -> dict:
     return {"number": config.number, "repeat": config.repeat, "min_repeat_ms": config.min_repeat_ms,
-            "cache_flush": config.cache_flush}
+            "cache_flush": config.cache_flush, "cache_flush_min_bytes": config.cache_flush_min_bytes}
 
 
 def _failure(reply: tuple) -> MeasureResult:

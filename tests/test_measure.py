@@ -91,7 +91,7 @@ ABORT = make_task("abort", abort_kernel, ELEM_TYPES)
 HANG = make_task("hang", hanging_kernel, ELEM_TYPES)
 HALF = make_task("half", half_kernel, ELEM_TYPES)
 LLVM = resolve_target("llvm")
-FAST = RunnerConfig(number=2, repeat=2, min_repeat_ms=5, timeout_s=4.0)
+FAST = RunnerConfig(number=2, repeat=2, min_repeat_ms=5, timeout_s=4.0, cache_flush_min_bytes=0)
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +203,17 @@ def test_warm_cache_timing_keeps_repeats_of_number_calls(builder):
         (r,) = Measurer(LLVM, builder=builder, runner=runner).measure(task, [tiled(task, 4, 16)])
     assert r.ok, r
     assert len(r.costs) == warm.repeat and all(c > 0 for c in r.costs)
+
+
+def test_small_weights_are_timed_warm(builder):
+    # a 64 KiB B stays cached across a model run: no flush below the threshold, flush above it
+    task = matmul_task()
+    for threshold, expected in ((1 << 20, FAST.repeat), (64 * 1024, FAST.number * FAST.repeat)):
+        config = dataclasses.replace(FAST, cache_flush_min_bytes=threshold)
+        with LocalRunner(config) as runner:
+            (r,) = Measurer(LLVM, builder=builder, runner=runner).measure(task, [tiled(task, 4, 16)])
+        assert r.ok, r
+        assert len(r.costs) == expected
 
 
 def test_trace_that_does_not_replay_is_instantiate(measurer):
@@ -346,3 +357,19 @@ def test_rpc_runner(builder, rpc_devices):
     for b in [*builds, wrong, hang, crash]:
         os.remove(b.artifact)
 
+
+
+def test_worker_whose_parent_left_before_it_was_ready_exits_quietly():
+    # tuning ended while a replacement worker was still importing: no BrokenPipe traceback on stderr
+    import socket
+    import subprocess
+    import sys
+
+    parent, child = socket.socketpair()
+    code = f"from tilecraft.search.measure import worker_main; worker_main({child.fileno()}, 'json:loads')"
+    proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(child.fileno(),), stderr=subprocess.PIPE)
+    child.close()
+    parent.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
