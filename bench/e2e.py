@@ -1,7 +1,7 @@
 """End-to-end latency, batch 1, 2 threads: tilecraft (untuned defaults, and tuned from a
 database when --db is given) vs ONNX Runtime and PyTorch eager, measured in the same run.
 
-    python bench/e2e.py [--models resnet18 ...] [--db bench/work/tuned.db] [--repeat 30]
+    python bench/e2e.py [--models resnet18 ...] [--db bench/work/tuned.db | --db resnet18=r.db ...] [--repeat 30]
 """
 
 from __future__ import annotations
@@ -48,13 +48,30 @@ def materialize(out: Path) -> Path:
     return out
 
 
+def model_databases(specs: list[str], models: list[str]) -> dict[str, str]:
+    """`--db FILE` serves every model; `--db MODEL=FILE` one model (it wins over a plain FILE)."""
+    shared = [s for s in specs if "=" not in s]
+    if len(shared) > 1:
+        sys.exit(f"e2e.py: more than one --db without MODEL=: {shared}")
+    out = {m: shared[0] for m in models} if shared else {}
+    for spec in specs:
+        if "=" in spec:
+            model, path = spec.split("=", 1)
+            if model not in models:
+                sys.exit(f"e2e.py: --db {spec}: {model} is not among --models {models}")
+            out[model] = path
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="*", default=list(MODEL_NAMES))
-    ap.add_argument("--db", default=None, help="tuning database: also measure the tuned build")
+    ap.add_argument("--db", nargs="*", default=[], metavar="[MODEL=]FILE",
+                    help="tuning database(s): also measure the tuned build; MODEL=FILE gives one model its own")
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--work", default=str(HERE / "work"))
     args = ap.parse_args()
+    databases = model_databases(args.db, args.models)
     os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))
 
     import onnxruntime as ort
@@ -82,7 +99,7 @@ def main() -> None:
         # Both builds are timed in alternating rounds, so that the machine's drift (a shared host)
         # lands on both alike rather than on whichever ran second.
         runs, errors = {}, {}
-        for label, db in (("untuned", None), ("tuned", args.db)):
+        for label, db in (("untuned", None), ("tuned", databases.get(name))):
             if label == "tuned" and not db:
                 continue
             module = tc.compile(graph, target="llvm", database=db)
