@@ -240,18 +240,27 @@ def _allocated(func) -> list[tuple[str, int]]:
 
 
 def test_kernel_never_allocates_sq_by_sk():
-    for seq in (256, 2048):
+    allocated = {}
+    for seq in (256, 2048, 8192):
         t = TensorType((1, 12, seq, 64), F32)
         func = lower_attention(t, t, t, t, mask=TensorType((1, 1, seq, seq), F32), scale=0.125, causal=True)
         sizes = dict(_allocated(func))
         scheduled = dict(_allocated(default_attention_schedule(Task("a", "k", tvm.IRModule({"main": func}), (), 1.0), LLVM).mod["main"]))
         bq, bk = choose_blocks(seq, seq)
+        assert bq <= 128 and bk <= 128
         for allocs in (sizes, scheduled):
             assert allocs and max(allocs.values()) <= max(bq * bk, bq * 64, 64 * bk)
         assert {"s", "p", "acc", "kt"} <= set(sizes)
-        if seq == 256:
-            small = sizes
-    assert small == sizes  # the same tiles whatever the sequence length
+        allocated[seq] = sizes
+    assert allocated[2048] == allocated[8192]  # the same tiles however long the sequence grows
+
+
+def test_long_sequences_of_small_heads_get_larger_tiles():
+    assert choose_blocks(512, 512) == (64, 64)
+    assert choose_blocks(2048, 2048) == (128, 128)
+    assert choose_blocks(2048, 2048, head_dim=128) == (64, 64)  # GPU shared memory
+    assert choose_blocks(1, 2048) == (1, 64)  # decoding: one query row, the usual key tile
+    assert choose_blocks(2048, 2048, block_q=32) == (32, 128)
 
 
 # --------------------------------------------------------------------------- schedules and search
