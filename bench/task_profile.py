@@ -20,6 +20,7 @@ import tvm  # noqa: E402
 
 import tilecraft as tc  # noqa: E402
 from tilecraft.compiler.fusion_bottleneck import choose_bottlenecks  # noqa: E402
+from tilecraft.search.runner import arg_specs, random_inputs  # noqa: E402
 from tilecraft.search.schedules import ScheduleSource, default_schedule_func  # noqa: E402
 
 
@@ -29,11 +30,7 @@ def time_kernel(func, target, args, dev) -> float:
 
 
 def random_args(task, dev) -> list:
-    rng = np.random.default_rng(0)
-    return [
-        tvm.runtime.tensor(rng.random(t.shape).astype(t.dtype) if t.dtype.startswith("float") else np.zeros(t.shape, t.dtype), dev)
-        for t in task.arg_types
-    ]
+    return [tvm.runtime.tensor(a, dev) for a in random_inputs(arg_specs(task), np.random.default_rng(0))]
 
 
 def main() -> None:
