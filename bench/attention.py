@@ -182,7 +182,7 @@ def report(rows: list[dict], sweep: list, sweep_seq: int, command: str, trials: 
     lines += [
         "",
         "Unfused = three kernels (QKᵀ·scale, softmax, PV) writing and reading the 12 x S x S scores; fused = one",
-        "kernel, 64 x 64 tiles (128 x 128 from seq 1024, head dim <= 64), online softmax, never more than a tile of scores in memory. Both use the same",
+        "kernel, 64 x 64 tiles, the score tile kept transposed (keys x query rows: the row max and sum are vertical vector ops), online softmax, never more than a tile of scores in memory. Both use the same",
         "vectorized polynomial exp (compiler/lower_ops.py `fast_exp`), so the difference is the fusion itself.",
         "GFLOP/s counts 4·H·S²·D (halved for causal: the kernel skips future key tiles).",
         "",
@@ -190,7 +190,7 @@ def report(rows: list[dict], sweep: list, sweep_seq: int, command: str, trials: 
     if sweep:
         lines += [
             f"The fused kernel alone (seq {sweep_seq}, not causal, default schedule) for other tile sizes (generation "
-            "parameters; the compiler uses 64 x 64, or 128 x 128 from seq 1024, clipped to the sequence) and with libm's scalar expf instead of "
+            "parameters; the compiler uses 64 x 64, clipped to the sequence) and with libm's scalar expf instead of "
             "the polynomial (`lower_attention(..., fast_exp=False)`):",
             "",
             "| BQ | BK | exp | compile (s) | time (ms) |",

@@ -40,14 +40,11 @@ TILE_BLOCK = "attention_tile"  # the per (batch, query tile) block; its loops ar
 STEP_BLOCK = "kv_step"  # one key tile of the online softmax
 FUNC_ATTR = "tilecraft.attention"  # function attribute: marks the kernel for the schedule rules
 
+# 64 x 64 tiles: a K tile of 64 x D and the 64 x 64 scores stay in L1/L2.  With the scores kept
+# transposed (see attention_script) 64 x 64 beat 128 x 128, 64 x 128, 128 x 64 and 256 x 64 at seq 2048,
+# D 64 on 2 threads (53 ms against 55-61 ms), and it fits a GPU's shared memory for D up to 128.
 DEFAULT_BLOCK_Q = 64
 DEFAULT_BLOCK_K = 64
-# Long sequences get 128 x 128 tiles: fewer rescales of the accumulator per key and twice the reuse
-# of each K tile (seq 2048, D 64, 2 threads: 56-58 ms against 67-70 ms for 64 x 64, two sweeps of
-# bench/attention.py).  Only for D <= 64: a 128-key tile of D 128 would need 64 KB of GPU shared memory.
-LONG_SEQUENCE = 1024
-LONG_BLOCK = 128
-LONG_BLOCK_MAX_DIM = 64
 
 
 @dataclass(frozen=True)
@@ -85,14 +82,11 @@ class AttentionSpec:
         return self.v.shape[-1]
 
 
-def choose_blocks(sq: int, sk: int, *, head_dim: int = 64, block_q: int | None = None,
-                  block_k: int | None = None) -> tuple[int, int]:
-    """Tile sizes: 64 x 64 by default (a K tile of 64 x D and the BQ x 64 scores stay in L1/L2),
-    128 x 128 for long sequences of small heads, never larger than the sequence itself (decoding:
-    Sq = 1 gives BQ = 1)."""
-    long = min(sq, sk) >= LONG_SEQUENCE and head_dim <= LONG_BLOCK_MAX_DIM
-    bq = min(block_q or (LONG_BLOCK if long else DEFAULT_BLOCK_Q), sq)
-    bk = min(block_k or (LONG_BLOCK if long else DEFAULT_BLOCK_K), sk)
+def choose_blocks(sq: int, sk: int, *, block_q: int | None = None, block_k: int | None = None) -> tuple[int, int]:
+    """Tile sizes: 64 x 64 unless given, never larger than the sequence itself (decoding: Sq = 1
+    gives BQ = 1)."""
+    bq = min(block_q or DEFAULT_BLOCK_Q, sq)
+    bk = min(block_k or DEFAULT_BLOCK_K, sk)
     if bq < 1 or bk < 1:
         raise ShapeError(f"attention: empty sequence (Sq={sq}, Sk={sk})")
     return bq, bk
@@ -121,7 +115,7 @@ def lower_attention(
         raise ShapeError(f"attention: output {out.shape} does not match q/k/v")
     if mask is not None:
         broadcast_shapes(mask.shape, out.shape[:-2] + (q.shape[-2], k.shape[-2]))
-    bq, bk = choose_blocks(q.shape[-2], k.shape[-2], head_dim=max(q.shape[-1], v.shape[-1]), block_q=block_q, block_k=block_k)
+    bq, bk = choose_blocks(q.shape[-2], k.shape[-2], block_q=block_q, block_k=block_k)
     spec = AttentionSpec(q, k, v, out, mask, float(scale), bool(causal), bq, bk)
     func = tvm.script.from_source(attention_script(spec, fast=fast_exp))
     return func.with_attr("global_symbol", name)
@@ -186,14 +180,6 @@ def fast_exp(x: str, dtype: str) -> str:
     return f"({two_n} * ({poly} * {f} * {f} + {f} + {c(1.0)}))"
 
 
-def _lanes(block_k: int) -> int:
-    """Width of the partial row reductions (max, sum): one AVX-512 vector when it divides."""
-    for lanes in (16, 8, 4, 2):
-        if block_k % lanes == 0:
-            return lanes
-    return 1
-
-
 def attention_script(spec: AttentionSpec, *, fast: bool = True) -> str:
     """TVMScript source of the kernel (readable on purpose: print it to see the algorithm)."""
     s = spec
@@ -216,13 +202,13 @@ def attention_script(spec: AttentionSpec, *, fast: bool = True) -> str:
     if s.causal:
         conds.append(f"{col} <= {row} + {s.sk - s.sq}")
     valid = " and ".join(conds)
-    logit = "sacc[vi, vj]"
+    logit = "sacc[vj, vi]"
     if s.mask is not None:  # rows and columns clamped like q's and k's
         mask = f"mask[{_mask_index(s, bvars, crow, ccol)}]"
         logit += " + " + (mask if s.mask.dtype == acc_t else f'T.Cast("{acc_t}", {mask})')
     if valid:
         logit = f"T.Select({valid}, {logit}, {neg})"
-    prob = exp("s[vi, vj] - mnew[vi]")
+    prob = exp("s[vj, vi] - mnew[vi]")
     if valid:
         prob = f"T.Select({valid}, {prob}, {zero})"
     # causal: the key tiles wholly after the query tile's last row are not visited (a loop bound,
@@ -243,7 +229,7 @@ def attention_script(spec: AttentionSpec, *, fast: bool = True) -> str:
     loop_vars = ", ".join([f"b{j}" for j in range(len(s.batch))] + ["qo"])
     block_vars = ", ".join(bvars + ["vqo"])
     iters = "S" * (len(s.batch) + 1)
-    bq, bk, d, dv, ln = s.block_q, s.block_k, s.d, s.dv, _lanes(s.block_k)
+    bq, bk, d, dv = s.block_q, s.block_k, s.d, s.dv
     out_index = _index(s.out.shape, s.batch, bvars, [row, "vdv"])
     return f"""
 @T.prim_func(s_tir=True)
@@ -252,12 +238,10 @@ def main({", ".join(params)}):
     for {loop_vars} in T.grid({grid}):
         with T.sblock("{TILE_BLOCK}"):
             {block_vars} = T.axis.remap("{iters}", [{loop_vars}])
-            qs = T.sblock_alloc_buffer(({bq}, {d}), "{acc_t}")
-            kt = T.sblock_alloc_buffer(({d}, {bk}), "{acc_t}")
-            s = T.sblock_alloc_buffer(({bq}, {bk}), "{acc_t}")
-            p = T.sblock_alloc_buffer(({bq}, {bk}), "{acc_t}")
-            mpart = T.sblock_alloc_buffer(({bq}, {ln}), "{acc_t}")
-            lpart = T.sblock_alloc_buffer(({bq}, {ln}), "{acc_t}")
+            qs = T.sblock_alloc_buffer(({d}, {bq}), "{acc_t}")
+            ks = T.sblock_alloc_buffer(({bk}, {d}), "{acc_t}")
+            s = T.sblock_alloc_buffer(({bk}, {bq}), "{acc_t}")
+            p = T.sblock_alloc_buffer(({bk}, {bq}), "{acc_t}")
             m = T.sblock_alloc_buffer(({bq},), "{acc_t}")
             mnew = T.sblock_alloc_buffer(({bq},), "{acc_t}")
             l = T.sblock_alloc_buffer(({bq},), "{acc_t}")
@@ -266,10 +250,10 @@ def main({", ".join(params)}):
             alpha = T.sblock_alloc_buffer(({bq},), "{acc_t}")
             accn = T.sblock_alloc_buffer(({bq}, {dv}), "{acc_t}")
             acc = T.sblock_alloc_buffer(({bq}, {dv}), "{acc_t}")
-            for qi, d in T.grid({bq}, {d}):
+            for d, qi in T.grid({d}, {bq}):
                 with T.sblock("q_load"):
-                    vi, vd = T.axis.remap("SS", [qi, d])
-                    qs[vi, vd] = {load("q", s.q, [crow, "vd"])} * T.{acc_t}({s.scale!r})
+                    vd, vi = T.axis.remap("SS", [d, qi])
+                    qs[vd, vi] = {load("q", s.q, [crow, "vd"])} * T.{acc_t}({s.scale!r})
             for qi in range({bq}):
                 with T.sblock("state_init"):
                     vi = T.axis.remap("S", [qi])
@@ -282,51 +266,39 @@ def main({", ".join(params)}):
             for kb in range({steps}):
                 with T.sblock("{STEP_BLOCK}"):
                     vkb = T.axis.reduce({nk}, kb)
-                    for d, kj in T.grid({d}, {bk}):
+                    for kj, d in T.grid({bk}, {d}):
                         with T.sblock("k_load"):
-                            vd, vj = T.axis.remap("SS", [d, kj])
-                            kt[vd, vj] = {load("k", s.k, [ccol, "vd"])}
+                            vj, vd = T.axis.remap("SS", [kj, d])
+                            ks[vj, vd] = {load("k", s.k, [ccol, "vd"])}
                     for z in range(1):  # a loop above each wrapper block: see the note at the top
                         with T.sblock("qk"):
-                            sacc = T.sblock_alloc_buffer(({bq}, {bk}), "{acc_t}")
-                            for qi, d, kj in T.grid({bq}, {d}, {bk}):
+                            sacc = T.sblock_alloc_buffer(({bk}, {bq}), "{acc_t}")
+                            for kj, d, qi in T.grid({bk}, {d}, {bq}):
                                 with T.sblock("score"):
-                                    vi, vj, vd = T.axis.remap("SSR", [qi, kj, d])
+                                    vj, vd, vi = T.axis.remap("SRS", [kj, d, qi])
                                     with T.init():
-                                        sacc[vi, vj] = {zero}
-                                    sacc[vi, vj] = sacc[vi, vj] + qs[vi, vd] * kt[vd, vj]
-                            for qi, kj in T.grid({bq}, {bk}):
+                                        sacc[vj, vi] = {zero}
+                                    sacc[vj, vi] = sacc[vj, vi] + ks[vj, vd] * qs[vd, vi]
+                            for kj, qi in T.grid({bk}, {bq}):
                                 with T.sblock("logits"):
-                                    vi, vj = T.axis.remap("SS", [qi, kj])
-                                    s[vi, vj] = {logit}
-                    for qi, ko, lane in T.grid({bq}, {bk // ln}, {ln}):
-                        with T.sblock("row_max_part"):
-                            vi, vo, vl = T.axis.remap("SRS", [qi, ko, lane])
-                            with T.init():
-                                mpart[vi, vl] = {neg}
-                            mpart[vi, vl] = T.max(mpart[vi, vl], s[vi, vo * {ln} + vl])
-                    for qi, lane in T.grid({bq}, {ln}):
+                                    vj, vi = T.axis.remap("SS", [kj, qi])
+                                    s[vj, vi] = {logit}
+                    for kj, qi in T.grid({bk}, {bq}):
                         with T.sblock("row_max"):
-                            vi, vl = T.axis.remap("SR", [qi, lane])
+                            vj, vi = T.axis.remap("RS", [kj, qi])
                             with T.init():
                                 mnew[vi] = m[vi]
-                            mnew[vi] = T.max(mnew[vi], mpart[vi, vl])
-                    for qi, kj in T.grid({bq}, {bk}):
+                            mnew[vi] = T.max(mnew[vi], s[vj, vi])
+                    for kj, qi in T.grid({bk}, {bq}):
                         with T.sblock("prob"):
-                            vi, vj = T.axis.remap("SS", [qi, kj])
-                            p[vi, vj] = {prob}
-                    for qi, ko, lane in T.grid({bq}, {bk // ln}, {ln}):
-                        with T.sblock("row_sum_part"):
-                            vi, vo, vl = T.axis.remap("SRS", [qi, ko, lane])
-                            with T.init():
-                                lpart[vi, vl] = {zero}
-                            lpart[vi, vl] = lpart[vi, vl] + p[vi, vo * {ln} + vl]
-                    for qi, lane in T.grid({bq}, {ln}):
+                            vj, vi = T.axis.remap("SS", [kj, qi])
+                            p[vj, vi] = {prob}
+                    for kj, qi in T.grid({bk}, {bq}):
                         with T.sblock("row_sum"):
-                            vi, vl = T.axis.remap("SR", [qi, lane])
+                            vj, vi = T.axis.remap("RS", [kj, qi])
                             with T.init():
                                 lsum[vi] = {zero}
-                            lsum[vi] = lsum[vi] + lpart[vi, vl]
+                            lsum[vi] = lsum[vi] + p[vj, vi]
                     for qi in range({bq}):
                         with T.sblock("state_update"):
                             vi = T.axis.remap("S", [qi])
@@ -337,10 +309,10 @@ def main({", ".join(params)}):
                             oblk = T.sblock_alloc_buffer(({bq}, {dv}), "{acc_t}")
                             for qi, kj, dv in T.grid({bq}, {bk}, {dv}):
                                 with T.sblock("pv"):
-                                    vi, vdv, vj = T.axis.remap("SSR", [qi, dv, kj])
+                                    vi, vj, vdv = T.axis.remap("SRS", [qi, kj, dv])
                                     with T.init():
                                         oblk[vi, vdv] = {zero}
-                                    oblk[vi, vdv] = oblk[vi, vdv] + p[vi, vj] * {load("v", s.v, [ccol, "vdv"])}
+                                    oblk[vi, vdv] = oblk[vi, vdv] + p[vj, vi] * {load("v", s.v, [ccol, "vdv"])}
                             for qi, dv in T.grid({bq}, {dv}):
                                 with T.sblock("acc_update"):
                                     vi, vdv = T.axis.remap("SS", [qi, dv])

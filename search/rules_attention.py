@@ -5,10 +5,10 @@ tile), inside it the online-softmax steps as named blocks.  The generic rules kn
 that, so two sketch rules take it over:
 
   attention_cpu   parallel over batch x heads x query tiles; register tiles for the two
-                  matmuls (R query rows x a vector of keys for Q.K^T, R rows x a vector of Dv
-                  for P.V) with the accumulator tile computed at the row-tile loop so it
-                  lives in registers; the elementwise and partial-reduction steps vectorized;
-                  auto-unroll.  Holes: R and the vector tile of each matmul, the unroll depth.
+                  matmuls (R keys x a vector of query rows for the transposed scores K.Q^T,
+                  R rows x a vector of Dv for P.V) with the accumulator tile computed at the
+                  row-tile loop so it lives in registers; the elementwise steps and the row
+                  max / sum (vertical over the transposed scores) vectorized; auto-unroll.  Holes: R and the vector tile of each matmul, the unroll depth.
   attention_gpu   one thread block per query tile, one thread per query row (the per-row
                   state in registers / local memory), the K tile in shared memory loaded by
                   all threads.
@@ -31,11 +31,10 @@ from .sketch import Outcome, SketchContext, pattern_default_schedule, register_p
 UNROLL_STEPS = (0, 16)  # hot loops are unrolled explicitly; deeper auto-unroll costs up to 20 s of LLVM per build
 MAX_REGISTER_ROWS = 8
 VECTORIZED = ("q_load", "acc_init", "k_load", "prob", "acc_copy", "store")  # elementwise steps
-PARTIAL_REDUCTIONS = ("row_max_part", "row_sum_part")  # [rows, lanes] partial max / sum
-# each step's own loops, outermost first, is the tile's query row (value: how many own loops)
-PER_ROW_GPU = {"q_load": 2, "state_init": 1, "acc_init": 2, "score": 3, "logits": 2, "row_max_part": 3, "row_max": 2,
-               "prob": 2, "row_sum_part": 3, "row_sum": 2, "state_update": 1, "pv": 3, "acc_update": 2,
-               "acc_copy": 2, "state_copy": 1, "store": 2}
+ROW_REDUCTIONS = ("row_max", "row_sum")  # loops (key, query row) over the transposed scores: vertical
+# the position from the end of each step's query-row loop (the GPU binds it to threadIdx.x)
+PER_ROW_GPU = {"q_load": 1, "state_init": 1, "acc_init": 2, "score": 1, "logits": 1, "row_max": 1, "prob": 1,
+               "row_sum": 1, "state_update": 1, "pv": 3, "acc_update": 2, "acc_copy": 2, "state_copy": 1, "store": 2}
 
 
 def is_attention(sch: Schedule) -> bool:
@@ -60,14 +59,14 @@ def schedule_attention_cpu(sch: Schedule, ctx: SketchContext) -> None:
     step = ctx.choose(sch, UNROLL_STEPS, default_index=1)
     sch.annotate(outer, "pragma_auto_unroll_max_step", step)
     sch.annotate(outer, "pragma_unroll_explicit", 1)
-    _register_tile(sch, ctx, "score", consumer="logits")  # loops: qi, d (reduce), kj
+    _register_tile(sch, ctx, "score", consumer="logits")  # loops: kj, d (reduce), qi
     _register_tile(sch, ctx, "pv", consumer="acc_update")  # loops: qi, kj (reduce), dv
-    for name in PARTIAL_REDUCTIONS:  # lanes innermost: one vector max / add per key chunk
+    for name in ROW_REDUCTIONS:  # a vector of query rows per key: no horizontal reduction
         block = sch.get_sblock(name)
-        _, ko, lane = sch.get_loops(block)[-3:]
-        if _extent(sch, lane) > 1:
-            sch.vectorize(lane)
-        sch.decompose_reduction(block, ko)
+        key, row = sch.get_loops(block)[-2:]
+        if _extent(sch, row) > 1:
+            sch.vectorize(row)
+        sch.decompose_reduction(block, key)
     for name in VECTORIZED:
         inner = sch.get_loops(sch.get_sblock(name))[-1]
         if _extent(sch, inner) > 1:
@@ -98,8 +97,8 @@ def _register_tile(sch: Schedule, ctx: SketchContext, name: str, *, consumer: st
 
 # --------------------------------------------------------------------------- GPU
 # buffer -> the block that writes it: set_scope goes through a writer
-SHARED = {"kt": "k_load"}  # read by every row's thread
-LOCAL = {"qs": "q_load", "sacc": "score", "s": "logits", "p": "prob", "mpart": "row_max_part", "lpart": "row_sum_part",
+SHARED = {"ks": "k_load"}  # read by every row's thread
+LOCAL = {"qs": "q_load", "sacc": "score", "s": "logits", "p": "prob",
          "m": "state_init", "l": "state_init", "mnew": "row_max", "lsum": "row_sum", "alpha": "state_update", "lnew": "state_update",
          "oblk": "pv", "accn": "acc_update", "acc": "acc_init"}  # one query row's state: its thread's own
 
@@ -111,8 +110,8 @@ def schedule_attention_gpu(sch: Schedule, ctx: SketchContext) -> None:
     outer = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     sch.bind(outer, "blockIdx.x")
     rows = None
-    for name, own in PER_ROW_GPU.items():
-        loop = sch.get_loops(sch.get_sblock(name))[-own]
+    for name, from_end in PER_ROW_GPU.items():
+        loop = sch.get_loops(sch.get_sblock(name))[-from_end]
         rows = rows or _extent(sch, loop)
         sch.bind(loop, "threadIdx.x")
     k_load = sch.get_sblock("k_load")

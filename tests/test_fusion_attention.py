@@ -247,20 +247,20 @@ def test_kernel_never_allocates_sq_by_sk():
         sizes = dict(_allocated(func))
         scheduled = dict(_allocated(default_attention_schedule(Task("a", "k", tvm.IRModule({"main": func}), (), 1.0), LLVM).mod["main"]))
         bq, bk = choose_blocks(seq, seq)
-        assert bq <= 128 and bk <= 128
+        assert bq <= 64 and bk <= 64
         for allocs in (sizes, scheduled):
             assert allocs and max(allocs.values()) <= max(bq * bk, bq * 64, 64 * bk)
-        assert {"s", "p", "acc", "kt"} <= set(sizes)
+        assert {"s", "p", "acc", "ks"} <= set(sizes)
         allocated[seq] = sizes
     assert allocated[2048] == allocated[8192]  # the same tiles however long the sequence grows
 
 
-def test_long_sequences_of_small_heads_get_larger_tiles():
+def test_tiles_are_clipped_to_the_sequence():
     assert choose_blocks(512, 512) == (64, 64)
-    assert choose_blocks(2048, 2048) == (128, 128)
-    assert choose_blocks(2048, 2048, head_dim=128) == (64, 64)  # GPU shared memory
+    assert choose_blocks(2048, 2048) == (64, 64)  # the same tiles however long the sequence
     assert choose_blocks(1, 2048) == (1, 64)  # decoding: one query row, the usual key tile
-    assert choose_blocks(2048, 2048, block_q=32) == (32, 128)
+    assert choose_blocks(7, 5) == (7, 5)
+    assert choose_blocks(2048, 2048, block_q=32, block_k=128) == (32, 128)
 
 
 # --------------------------------------------------------------------------- schedules and search
