@@ -239,7 +239,7 @@ def choose_bottlenecks(graph: Graph, table, cost: Callable[[str], "float | None"
     """Per bottleneck node: keep it fused or put its parts back, by `prefer_fused` on the best
     measured cost of each workload (`cost(key)`: seconds per call, None if never measured).
     Returns (graph, task table of only the kernels that graph calls, {"fused": n, "unfused": m})."""
-    from .lower import TaskTable
+    from .lower import TaskTable, is_pure_reshape
 
     if not table.part_tasks:
         return graph, table, {}
@@ -248,11 +248,15 @@ def choose_bottlenecks(graph: Graph, table, cost: Callable[[str], "float | None"
         decided[name] = prefer_fused(cost(table.node_task[name]), [cost(k) for k in parts])
     chosen = unfuse(graph, lambda n: decided.get(n.name, True))
     node_task = dict(table.node_task)
+    reshapes = set(table.reshapes)
     for n in graph.nodes:
         if n.name in decided and not decided[n.name]:
-            node_task.update({p.name: k for p, k in zip(n.attr("parts"), table.part_tasks[n.name])})
+            parts = n.attr("parts")  # reshape parts (compiler/passes.conv1x1_as_matmul) are views, no kernel
+            reshapes.update(p.name for p in parts if is_pure_reshape(p))
+            kernels = [p for p in parts if not is_pure_reshape(p)]
+            node_task.update({p.name: k for p, k in zip(kernels, table.part_tasks[n.name])})
     node_task = {n.name: node_task[n.name] for n in chosen.nodes if n.name in node_task}
     used = set(node_task.values())
     tasks = tuple(t for t in table.tasks if t.workload_key in used)
     counts = {"fused": sum(decided.values()), "unfused": sum(not v for v in decided.values())}
-    return chosen, TaskTable(tasks, node_task, table.reshapes), counts
+    return chosen, TaskTable(tasks, node_task, frozenset(reshapes)), counts

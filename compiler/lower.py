@@ -132,6 +132,6 @@ def extract_tasks(graph: Graph) -> TaskTable:
             reshapes.add(node.name)
             continue
         node_task[node.name] = add(make_task(node))
-        if node.attr("parts"):  # a fused bottleneck: its unfused parts are tasks too
-            part_tasks[node.name] = tuple(add(make_task(p)) for p in node.attr("parts"))
+        if node.attr("parts"):  # a fused bottleneck: its unfused parts are tasks too (reshape parts: no task)
+            part_tasks[node.name] = tuple(add(make_task(p)) for p in node.attr("parts") if not is_pure_reshape(p))
     return TaskTable(tuple(tasks.values()), node_task, frozenset(reshapes), part_tasks)

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from .ir import Graph, Node, TensorType, values_read
-from .ops import evaluate
+from .ops import BINARY, UNARY, evaluate
 
 FOLD_LIMIT = 1 << 26  # elements: bigger constant results stay as run-time nodes
 
@@ -116,6 +116,137 @@ def eliminate_dead_code(graph: Graph) -> Graph:
             kept.append(node)
             live.update(node.inputs)
     return _rebuild(graph, kept[::-1], dict(graph.constants))
+
+
+# A 1x1 conv of few input channels over a large map runs as W[O, C] @ x[C, H*W]: vectorized along
+# the pixels, with the output already in NCHW order.  The packed-weight conv (vectorized along output
+# channels) accumulates only C products per output before its NCHWc -> NCHW write-back, which then
+# dominates.  Tuned with 32 trials each, conv form vs matmul form (bench/RESULTS.md, issue 4):
+# 16->96 at 112x112 442 vs 190 us, 24->144 at 56x56 220 vs 87, 32->192 at 28x28 86 vs 58; with more
+# input channels the conv form was level or faster (96->576 at 14x14 183 vs 164, 160->960 at 7x7
+# 98 vs 127, 144->24 at 56x56 159 vs 319).
+MATMUL_CONV_MAX_CHANNELS = 32
+MATMUL_CONV_MIN_PIXELS = 28 * 28
+
+
+def conv1x1_as_matmul(graph: Graph, *, block: int) -> Graph:
+    """Rewrite eligible 1x1 convs (stride 1, no padding, one group, constant weight, batch 1, at most
+    MATMUL_CONV_MAX_CHANNELS input channels, at least MATMUL_CONV_MIN_PIXELS pixels) with their
+    elementwise epilogue chain (bias, activations, per-channel constants) as
+
+        reshape(x, [C, H*W]) -> matmul(W[O, C], .) [-> add(bias[O, 1])] [-> epilogue in 2-D] -> reshape to NCHW
+
+    The reshapes are free (no kernel); the last one keeps the chain's value name, so consumers are
+    unchanged.  A bottleneck kernel stays as it is; its unfused alternative (`parts`) is rewritten
+    the same way, so the build's fused-or-parts choice weighs the faster parts.
+    `block` is pack_weights' vector width: 0 (GPU, ARM) leaves the graph as it is."""
+    if block <= 0:
+        return graph
+    constants = dict(graph.constants)
+    nodes = []
+    for node in graph.nodes:
+        if node.op == "fused" and node.attr("parts"):  # a bottleneck chain's unfused alternative
+            parts = [new for part in node.attr("parts") for new in _part_as_matmul(part, constants)]
+            node = node.with_attrs(parts=tuple(parts))
+        nodes.append(node)
+    return _convs_as_matmuls(dataclasses.replace(graph, nodes=tuple(nodes), constants=constants))
+
+
+def _part_as_matmul(part: Node, constants: dict[str, np.ndarray]) -> list[Node]:
+    """A bottleneck part (one fused conv group) rewritten like a top-level conv, as its fused groups:
+    [reshape x, matmul + epilogue, reshape back] (the reshapes cost no kernel).  New constants go
+    into `constants`."""
+    from .fusion import fuse_epilogues  # fusion imports nothing from here; kept local for the read order
+
+    body: Graph = part.attr("body")
+    if sum(n.op == "conv2d" for n in body.nodes) != 1:
+        return [part]
+    outer = {n: constants[n] for n, _ in body.inputs if n in constants}
+    mini = Graph(inputs=tuple((n, t) for n, t in body.inputs if n not in outer), nodes=body.nodes,
+                 outputs=body.outputs, constants={**body.constants, **outer}, name=body.name)
+    rewritten = _convs_as_matmuls(mini)
+    if rewritten is mini:
+        return [part]
+    constants.update(rewritten.constants)
+    return [n for n in fuse_epilogues(rewritten).nodes]
+
+
+def _convs_as_matmuls(graph: Graph) -> Graph:
+    constants = dict(graph.constants)
+    users = graph.consumers()
+    outputs = set(graph.outputs)
+    absorbed: set[str] = set()
+    nodes: list[Node] = []
+
+    def eligible(node: Node) -> bool:
+        if node.op != "conv2d" or node.attr("weight_layout") or node.attr("groups", 1) != 1 or len(node.inputs) < 2:
+            return False
+        w = constants.get(node.inputs[1])
+        x = graph.type_of(node.inputs[0])
+        return (
+            w is not None and w.ndim == 4 and w.shape[2:] == (1, 1) and x.ndim == 4 and x.shape[0] == 1
+            and x.dtype == "float32" and tuple(node.attr("strides", (1, 1))) == (1, 1)
+            and tuple(node.attr("dilations", (1, 1))) == (1, 1) and not any(node.attr("pads", (0, 0, 0, 0)))
+            and x.shape[1] <= MATMUL_CONV_MAX_CHANNELS and x.shape[2] * x.shape[3] >= MATMUL_CONV_MIN_PIXELS
+            and (len(node.inputs) < 3 or node.inputs[2] in constants)
+        )
+
+    def as_2d(value: str, o: int) -> str | None:
+        """A constant operand of the epilogue in the [O, H*W] form: a scalar or one value per channel."""
+        c = constants.get(value)
+        if c is None:
+            return None
+        if c.size == 1:
+            shaped = c.reshape(())
+        elif c.shape in ((o, 1, 1), (1, o, 1, 1)):
+            shaped = c.reshape(o, 1)
+        else:
+            return None
+        name = f"{value}.2d"
+        constants[name] = np.ascontiguousarray(shaped)
+        return name
+
+    for node in graph.nodes:
+        if node.name in absorbed:
+            continue
+        if not eligible(node):
+            nodes.append(node)
+            continue
+        x, w = node.inputs[:2]
+        _, c, h, wd = graph.type_of(x).shape
+        o, pixels = node.type.shape[1], h * wd
+        flat = TensorType((o, pixels), node.type.dtype)
+        constants[f"{w}.2d"] = np.ascontiguousarray(constants[w].reshape(o, c))
+        nodes.append(Node.make(f"{node.name}.x2d", "reshape", [x], TensorType((c, pixels), node.type.dtype), shape=(c, pixels)))
+        current = Node.make(f"{node.name}.2d", "matmul", [f"{w}.2d", f"{node.name}.x2d"], flat)
+        nodes.append(current)
+        if len(node.inputs) > 2:  # the conv's bias [O]: one value per row
+            bias = f"{node.inputs[2]}.col"
+            constants[bias] = np.ascontiguousarray(constants[node.inputs[2]].reshape(o, 1))
+            current = Node.make(f"{node.name}.bias2d", "add", [current.name, bias], flat)
+            nodes.append(current)
+        last = node
+        while last.name not in outputs and len(users.get(last.name, [])) == 1:
+            nxt = users[last.name][0]
+            if nxt.op in UNARY and len(nxt.inputs) == 1:
+                inputs = (current.name,)
+            elif nxt.op in BINARY and len(nxt.inputs) == 2 and nxt.type.shape == last.type.shape:
+                other = nxt.inputs[1] if nxt.inputs[0] == last.name else nxt.inputs[0]
+                other_2d = as_2d(other, o) if other != last.name else None
+                if other_2d is None:
+                    break
+                inputs = (current.name, other_2d) if nxt.inputs[0] == last.name else (other_2d, current.name)
+            else:
+                break
+            current = dataclasses.replace(nxt, name=f"{nxt.name}.2d", inputs=inputs, type=TensorType((o, pixels), nxt.type.dtype))
+            nodes.append(current)
+            absorbed.add(nxt.name)
+            last = nxt
+        nodes.append(Node.make(last.name, "reshape", [current.name], last.type, shape=last.type.shape))
+    if not absorbed and all(a is b for a, b in zip(nodes, graph.nodes)) and len(nodes) == len(graph.nodes):
+        return graph
+    used = values_read(nodes) | set(graph.outputs)
+    return dataclasses.replace(graph, nodes=tuple(nodes), constants={k: v for k, v in constants.items() if k in used})
 
 
 def pack_weights(graph: Graph, *, block: int) -> Graph:

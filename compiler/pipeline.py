@@ -9,7 +9,7 @@ from .fusion import fuse_epilogues
 from .fusion_attention import fuse_attention
 from .fusion_bottleneck import fuse_bottleneck
 from .ir import Graph, verify
-from .passes import eliminate_dead_code, fold_batch_norm, fold_constants, pack_weights, simplify
+from .passes import conv1x1_as_matmul, eliminate_dead_code, fold_batch_norm, fold_constants, pack_weights, simplify
 
 Pass = Callable[[Graph], Graph]
 
@@ -21,6 +21,7 @@ PIPELINE: tuple[tuple[str, Pass], ...] = (
     ("eliminate_dead_code", eliminate_dead_code),
     ("fuse_attention", fuse_attention),
     ("fuse_bottleneck", fuse_bottleneck),  # before fuse_epilogues: it groups its chains' epilogues itself
+    ("conv1x1_as_matmul", conv1x1_as_matmul),  # few-channel 1x1 convs outside bottleneck chains (x86)
     ("pack_weights", pack_weights),  # convs outside bottleneck chains; needs the target's vector width
     ("fuse_epilogues", fuse_epilogues),
 )
@@ -32,11 +33,11 @@ def optimize(graph: Graph, *, no_fuse: frozenset[str] = frozenset(), verify_each
              weight_block: int = 0) -> Graph:
     """Run the pipeline.  `no_fuse` names fusions to switch off ("epilogue", "attention", "bottleneck")
     for ablation; the unfused ops then become one kernel each.  `weight_block` is the target's
-    fp32 vector width for pack_weights (0: NCHW weights, the target-independent graph)."""
+    fp32 vector width for pack_weights and conv1x1_as_matmul (0: neither, the target-independent graph)."""
     for name, fn in PIPELINE:
         if FUSION_PASSES.get(name) in no_fuse:
             continue
-        if fn is pack_weights:
+        if fn in (pack_weights, conv1x1_as_matmul):
             fn = functools.partial(fn, block=weight_block)
         graph = fn(graph)
         if verify_each:

@@ -12,6 +12,9 @@ from tilecraft.compiler.fusion import count_fused, fuse_epilogues
 from tilecraft.compiler.interpret import run_graph
 from tilecraft.compiler.ir import Graph, Node, TensorType, verify
 from tilecraft.compiler.passes import (
+    MATMUL_CONV_MAX_CHANNELS,
+    MATMUL_CONV_MIN_PIXELS,
+    conv1x1_as_matmul,
     eliminate_dead_code,
     fold_batch_norm,
     fold_constants,
@@ -208,6 +211,66 @@ def test_pipeline_packs_conv_weights_only_when_asked():
 
     assert layouts(plain) == ["None"] * 4
     assert layouts(packed) == ["None", "None", "OIHW8o", "OIHW8o"]
+
+
+def conv1x1_graph(*, cin: int = 16, size: int = 28, strides=(1, 1), kernel: int = 1, output_conv: bool = False) -> Graph:
+    """1x1 conv (+bias) -> clip -> per-channel scale -> + another tensor -> relu."""
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType((1, cin, size, size), "float32"))
+    w = b.const(rng.standard_normal((24, cin, kernel, kernel)).astype("float32"), "w")
+    bias = b.const(rng.standard_normal(24).astype("float32"), "bias")
+    c = b.add("conv2d", [x, w, bias], "conv", strides=strides, pads=(0, 0, 0, 0), dilations=(1, 1), groups=1)
+    y = b.add("clip", [c], "clip", min=0.0, max=6.0)
+    y = b.add("mul", [b.const(rng.standard_normal((1, 24, 1, 1)).astype("float32"), "scale"), y], "scale_mul")
+    out = c if output_conv else y
+    osize = (size - 1) // strides[0] + 1 - (kernel - 1)
+    other = b.add("relu", [b.add_input("z", TensorType((1, 24, osize, osize), "float32"))], "other")
+    y = b.add("relu", [b.add("add", [out, other], "res")], "relu")
+    return b.finish([y, c] if output_conv else [y])
+
+
+def test_few_channel_1x1_convs_become_matmuls_with_their_epilogue():
+    g = conv1x1_graph()
+    assert MATMUL_CONV_MAX_CHANNELS >= 16 and 28 * 28 >= MATMUL_CONV_MIN_PIXELS
+    rewritten = conv1x1_as_matmul(g, block=16)
+    verify(rewritten)
+    ops = [n.op for n in rewritten.nodes]
+    assert "conv2d" not in ops and ops.count("matmul") == 1
+    by_name = rewritten.node_map()
+    assert by_name["scale_mul"].op == "reshape" and by_name["scale_mul"].type.shape == (1, 24, 28, 28)  # the chain's name, NCHW
+    chain = [n for n in rewritten.nodes if n.type.shape == (24, 28 * 28)]
+    assert [n.op for n in chain] == ["matmul", "add", "clip", "mul"]  # bias, clip and the per-channel scale ride along
+    assert by_name["res"].op == "add" and by_name["res"].inputs[0] == "scale_mul"  # a run-time operand ends the chain
+    f = feeds(g)
+    for got, want in zip(run_graph(rewritten, f), run_graph(g, f)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert conv1x1_as_matmul(g, block=0) is g  # GPU / ARM: unchanged
+
+
+def test_conv_whose_value_is_an_output_keeps_it():
+    g = conv1x1_graph(output_conv=True)
+    rewritten = conv1x1_as_matmul(g, block=16)
+    assert rewritten.outputs == g.outputs and rewritten.node_map()["conv"].op == "reshape"
+    assert rewritten.node_map()["clip"].op == "clip"  # nothing absorbed past a graph output
+    f = feeds(g)
+    for got, want in zip(run_graph(rewritten, f), run_graph(g, f)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [dict(cin=64), dict(size=14), dict(strides=(2, 2)), dict(kernel=3)])
+def test_other_convs_stay_convs(case):
+    g = conv1x1_graph(**case)
+    assert conv1x1_as_matmul(g, block=16).nodes == g.nodes
+
+
+def test_pipeline_rewrites_1x1_convs_only_on_vector_cpus():
+    g = conv1x1_graph()
+
+    def ops(graph):
+        return sorted({n.op for fused in graph.nodes for n in fused.attr("body").nodes})
+
+    assert "conv2d" in ops(optimize(g)) and "matmul" not in ops(optimize(g))
+    assert "matmul" in ops(optimize(g, weight_block=16)) and "conv2d" not in ops(optimize(g, weight_block=16))
 
 
 def test_pipeline_is_one_named_list():
