@@ -39,7 +39,7 @@ def _conv(gb, rng, x, cin, cout, k=1, stride=1, groups=1, act="relu", name=""):
     if act == "relu":
         y = gb.add("relu", [y])
     elif act == "relu6":
-        y = gb.add("clip", [y, gb.const(np.float32(0.0), f"{name}_lo"), gb.const(np.float32(6.0), f"{name}_hi")])
+        y = gb.add("clip", [y], min=0.0, max=6.0)  # the bounds are attributes (as the ONNX frontend imports Clip)
     return y
 
 

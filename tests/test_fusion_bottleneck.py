@@ -26,6 +26,7 @@ BLOCKS = {
     "mbv2_residual": lambda: inverted_residual(16, 6, 16, 16, 1, seed=3),
     "mbv2_stride2": lambda: inverted_residual(8, 6, 16, 16, 2, seed=4),
     "resnet": lambda: resnet_bottleneck(64, 16, 14, seed=5),
+    "mbv2_matmul_expand": lambda: inverted_residual(16, 6, 16, 28, 1, seed=6),  # x86: its unfused expand is a matmul
 }
 
 
@@ -127,6 +128,21 @@ def test_sketches_and_random_candidates_replay():
     assert cands
     for c in cands:
         c.apply(task.mod)
+
+
+def test_parts_of_few_channel_expands_are_matmuls_between_views():
+    prepared = api.prepare(BLOCKS["mbv2_matmul_expand"]())
+    if not api.weight_block(prepared.target):
+        pytest.skip("conv1x1_as_matmul is for x86 vector CPUs")
+    (node,) = [n for n in prepared.graph.nodes if n.attr("parts")]
+    anchors = [p.attr("anchor") or "view" for p in node.attr("parts")]
+    assert anchors == ["view", "matmul", "view", "conv2d", "conv2d"]  # expand as x[C, HW] -> W @ x -> NCHW
+    (keys,) = prepared.table.part_tasks.values()
+    assert [prepared.table.by_key()[k].kind for k in keys] == ["matmul", "conv2d", "conv2d"]  # views get no task
+    unfused, _ = _force(prepared, fused=False)
+    assert {p.name for p in node.attr("parts") if not p.attr("anchor")} <= unfused.table.reshapes
+    fused, _ = _force(prepared, fused=True)
+    assert node.name not in fused.table.reshapes  # the fused kernel shares its name with the last view part
 
 
 def test_build_choice_follows_the_records(tmp_path):
