@@ -121,11 +121,10 @@ def eliminate_dead_code(graph: Graph) -> Graph:
 # A 1x1 conv of few input channels over a large map runs as W[O, C] @ x[C, H*W]: vectorized along
 # the pixels, with the output already in NCHW order.  The packed-weight conv (vectorized along output
 # channels) accumulates only C products per output before its NCHWc -> NCHW write-back, which then
-# dominates.  Tuned with 32 trials each, conv form vs matmul form (bench/RESULTS.md, issue 4):
-# 16->96 at 112x112 442 vs 190 us, 24->144 at 56x56 220 vs 87, 32->192 at 28x28 86 vs 58; with more
-# input channels the conv form was level or faster (96->576 at 14x14 183 vs 164, 160->960 at 7x7
-# 98 vs 127, 144->24 at 56x56 159 vs 319).
-MATMUL_CONV_MAX_CHANNELS = 32
+# dominates.  `python bench/conv1x1.py` (tuned, 32 trials each form): matmul form 2.24x at 16->96 on
+# 112x112, 2.42x at 24->144 on 56x56, 1.43x at 32->192 on 28x28, 2.12x at 64->384 on 28x28; the conv
+# form wins on 14x14 and 7x7 maps and with >= 96 input channels (0.65x-0.97x for the matmul form).
+MATMUL_CONV_MAX_CHANNELS = 64
 MATMUL_CONV_MIN_PIXELS = 28 * 28
 
 

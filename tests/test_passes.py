@@ -257,7 +257,7 @@ def test_conv_whose_value_is_an_output_keeps_it():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", [dict(cin=64), dict(size=14), dict(strides=(2, 2)), dict(kernel=3)])
+@pytest.mark.parametrize("case", [dict(cin=96), dict(size=14), dict(strides=(2, 2)), dict(kernel=3)])
 def test_other_convs_stay_convs(case):
     g = conv1x1_graph(**case)
     assert conv1x1_as_matmul(g, block=16).nodes == g.nodes
