@@ -108,11 +108,23 @@ UNARY: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     ).astype(x.dtype),
     "cast": lambda x, a: x.astype(a["to"]),
 }
+def _one_input(name: str, infer):
+    """Unary ops read their parameters (clip's bounds, leaky_relu's alpha) from attributes: an extra
+    input would be ignored by the lowering and the interpreter alike, so it is an error."""
+
+    def checked(inputs, attrs):
+        if len(inputs) != 1:
+            raise GraphError(f"{name} takes one input and its parameters as attributes, got {len(inputs)} inputs")
+        return infer(inputs, attrs)
+
+    return checked
+
+
 for _name, _fn in UNARY.items():
     register(
         _name,
         ELEMWISE,
-        (lambda inputs, attrs: TensorType(inputs[0].shape, attrs["to"])) if _name == "cast" else (_to("bool") if _name == "not" else _same),
+        _one_input(_name, (lambda inputs, attrs: TensorType(inputs[0].shape, attrs["to"])) if _name == "cast" else (_to("bool") if _name == "not" else _same)),
         (lambda fn: lambda inputs, attrs: fn(inputs[0], attrs))(_fn),
     )
 

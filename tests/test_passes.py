@@ -118,6 +118,10 @@ def test_verifier_catches_malformed_graphs():
         a = b.add_input("a", TensorType((2, 3), "float32"))
         c = b.add_input("c", TensorType((4, 3), "float32"))
         b.add("add", [a, c])
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType((2, 3), "float32"))
+    with pytest.raises(GraphError, match="clip takes one input"):  # bounds as inputs would be ignored
+        b.add("clip", [x, b.const(np.float32(0)), b.const(np.float32(6))])
 
 
 def test_fusion_groups_conv_with_its_epilogue():
