@@ -251,9 +251,9 @@ def choose_bottlenecks(graph: Graph, table, cost: Callable[[str], "float | None"
     reshapes = set(table.reshapes)
     for n in graph.nodes:
         if n.name in decided and not decided[n.name]:
-            parts = n.attr("parts")  # reshape parts (compiler/passes.conv1x1_as_matmul) are views, no kernel
-            reshapes.update(p.name for p in parts if is_pure_reshape(p))
-            kernels = [p for p in parts if not is_pure_reshape(p)]
+            views = {p.name for p in n.attr("parts") if is_pure_reshape(p)}  # from conv1x1_as_matmul: no kernel
+            reshapes |= views
+            kernels = [p for p in n.attr("parts") if p.name not in views]
             node_task.update({p.name: k for p, k in zip(kernels, table.part_tasks[n.name])})
     node_task = {n.name: node_task[n.name] for n in chosen.nodes if n.name in node_task}
     used = set(node_task.values())

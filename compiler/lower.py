@@ -100,7 +100,8 @@ class TaskTable:
     tasks: tuple[Task, ...]
     node_task: dict[str, str]  # fused node name -> workload key
     reshapes: frozenset[str]  # nodes that are pure reshapes: views, no kernel
-    # bottleneck node name -> workload keys of its parts (the unfused alternative), in order;
+    # bottleneck node name -> workload keys of its kernel parts (the unfused alternative; reshape
+    # parts are views and have none), in order;
     # both are tuned, the build picks one per chain (compiler/fusion_bottleneck.choose_bottlenecks)
     part_tasks: dict[str, tuple[str, ...]] = field(default_factory=dict)
 

@@ -108,6 +108,8 @@ UNARY: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     ).astype(x.dtype),
     "cast": lambda x, a: x.astype(a["to"]),
 }
+
+
 def _one_input(name: str, infer):
     """Unary ops read their parameters (clip's bounds, leaky_relu's alpha) from attributes: an extra
     input would be ignored by the lowering and the interpreter alike, so it is an error."""

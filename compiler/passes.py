@@ -167,7 +167,7 @@ def _part_as_matmul(part: Node, constants: dict[str, np.ndarray]) -> list[Node]:
     if rewritten is mini:
         return [part]
     constants.update(rewritten.constants)
-    return [n for n in fuse_epilogues(rewritten).nodes]
+    return list(fuse_epilogues(rewritten).nodes)
 
 
 def _convs_as_matmuls(graph: Graph) -> Graph:
@@ -176,6 +176,7 @@ def _convs_as_matmuls(graph: Graph) -> Graph:
     outputs = set(graph.outputs)
     absorbed: set[str] = set()
     nodes: list[Node] = []
+    rewritten = False
 
     def eligible(node: Node) -> bool:
         if node.op != "conv2d" or node.attr("weight_layout") or node.attr("groups", 1) != 1 or len(node.inputs) < 2:
@@ -211,6 +212,7 @@ def _convs_as_matmuls(graph: Graph) -> Graph:
         if not eligible(node):
             nodes.append(node)
             continue
+        rewritten = True
         x, w = node.inputs[:2]
         _, c, h, wd = graph.type_of(x).shape
         o, pixels = node.type.shape[1], h * wd
@@ -242,7 +244,7 @@ def _convs_as_matmuls(graph: Graph) -> Graph:
             absorbed.add(nxt.name)
             last = nxt
         nodes.append(Node.make(last.name, "reshape", [current.name], last.type, shape=last.type.shape))
-    if not absorbed and all(a is b for a, b in zip(nodes, graph.nodes)) and len(nodes) == len(graph.nodes):
+    if not rewritten:
         return graph
     used = values_read(nodes) | set(graph.outputs)
     return dataclasses.replace(graph, nodes=tuple(nodes), constants={k: v for k, v in constants.items() if k in used})

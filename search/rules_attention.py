@@ -8,7 +8,8 @@ that, so two sketch rules take it over:
                   matmuls (R keys x a vector of query rows for the transposed scores K.Q^T,
                   R rows x a vector of Dv for P.V) with the accumulator tile computed at the
                   row-tile loop so it lives in registers; the elementwise steps and the row
-                  max / sum (vertical over the transposed scores) vectorized; auto-unroll.  Holes: R and the vector tile of each matmul, the unroll depth.
+                  max / sum (vertical over the transposed scores) vectorized; auto-unroll.
+                  Holes: R and the vector tile of each matmul, the unroll depth.
   attention_gpu   one thread block per query tile, one thread per query row (the per-row
                   state in registers / local memory), the K tile in shared memory loaded by
                   all threads.
