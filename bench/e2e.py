@@ -1,7 +1,7 @@
 """End-to-end latency, batch 1, 2 threads: tilecraft (untuned defaults, and tuned from a
 database when --db is given) vs ONNX Runtime and PyTorch eager, measured in the same run.
 
-    python bench/e2e.py [--models resnet18 ...] [--db bench/work/tuned.db | --db resnet18=r.db ...] [--repeat 30]
+    python bench/e2e.py [--models resnet18 ...] [--db bench/work/tuned.db | --db resnet18=r.db ...] [--repeat 30] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--db", nargs="*", default=[], metavar="[MODEL=]FILE",
                     help="tuning database(s): also measure the tuned build; MODEL=FILE gives one model its own")
     ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help="alternating rounds of ORT and the builds (median over them)")
     ap.add_argument("--work", default=str(HERE / "work"))
     args = ap.parse_args()
     databases = model_databases(args.db, args.models)
@@ -92,13 +93,12 @@ def main() -> None:
         opts.intra_op_num_threads = THREADS
         opts.inter_op_num_threads = 1
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        ort_ms = timeit(lambda: sess.run(None, feeds), args.repeat)
         eager = TorchEager(graph)
         torch_ms = timeit(lambda: eager(feeds), args.repeat)
         ref = sess.run(None, feeds)
-        # Both builds are timed in alternating rounds, so that the machine's drift (a shared host)
-        # lands on both alike rather than on whichever ran second.
-        runs, errors = {}, {}
+        # ONNX Runtime and both builds are timed in alternating rounds, so that the machine's drift
+        # (a shared host) lands on all of them alike rather than on whichever ran last.
+        runs, errors = {"ort": lambda: sess.run(None, feeds)}, {"ort": 0.0}
         for label, db in (("untuned", None), ("tuned", databases.get(name))):
             if label == "tuned" and not db:
                 continue
@@ -108,10 +108,11 @@ def main() -> None:
             args_ = module._arguments(feeds)
             runs[label] = functools.partial(module.vm["main"], *args_)
         samples = {label: [] for label in runs}
-        for _ in range(ROUNDS):
+        for _ in range(args.rounds):
             for label, fn in runs.items():
-                samples[label].append(timeit(fn, max(args.repeat // ROUNDS, 3), min_seconds=0.2))
+                samples[label].append(timeit(fn, max(args.repeat // args.rounds, 3), min_seconds=0.2))
         results = {label: (statistics.median(samples[label]), errors[label]) for label in runs}
+        ort_ms = results.pop("ort")[0]
         rows.append((name, ort_ms, torch_ms, results))
         print(name, f"ort {ort_ms:.2f} ms torch {torch_ms:.2f} ms", {k: f"{v[0]:.2f} ms" for k, v in results.items()}, flush=True)
 
