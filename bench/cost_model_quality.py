@@ -250,7 +250,78 @@ def load_tuning_records(paths: list[str], target, *, min_records: int) -> list[t
     return out
 
 
-def search_report(*, data, seen, seen_tasks, unseen, ceiling, paths, command: str, seconds: float) -> str:
+def remeasure(data, target, retest_db, *, tasks: int, per_task: int, rounds: int, seed: int = 0) -> dict:
+    """Measure `per_task` successful candidates of each of the `tasks` largest tasks `rounds` more times,
+    round by round over all of them (so the host's drift spreads over every task), into `retest_db`
+    (a re-run reuses what is there).  Returns {workload key: {trace hash: [cost of each round]}}."""
+    from tilecraft import __version__
+    from tilecraft.cost_model.base import cost_of
+    from tilecraft.search.database import trace_hash
+    from tilecraft.search.measure import Measurer, RunnerConfig
+    from tilecraft.search.measure_types import Record
+
+    rng = np.random.default_rng(seed)
+    picked = []
+    for task, cands, costs, _ in sorted(data, key=lambda d: -len(d[1]))[:tasks]:
+        ok = np.flatnonzero(np.isfinite(costs))
+        picked.append((task, [cands[i] for i in rng.permutation(ok)[:per_task]]))
+    with Measurer.local(target, runner_config=RunnerConfig(check_correctness=False)) as measurer:
+        for round_ in range(rounds):
+            for task, cands in picked:
+                retest_db.add_workload(task)
+                if retest_db.count(task.workload_key, target.key) >= (round_ + 1) * len(cands):
+                    continue
+                results = measurer.measure(task, cands)
+                retest_db.commit([Record(task.workload_key, target.key, c, r, task.name, f"tilecraft {__version__}")
+                                  for c, r in zip(cands, results)])
+            print(f"  re-measured round {round_ + 1}/{rounds}", flush=True)
+    out = {}
+    for task, _ in picked:
+        runs = out.setdefault(task.workload_key, {})
+        for r in retest_db.records(task.workload_key, target.key):
+            runs.setdefault(trace_hash(r.candidate.trace_json), []).append(cost_of(r.result))
+    return out
+
+
+def evaluate_remeasured(data, factories, remeasured: dict) -> tuple[dict, dict, float]:
+    """(a'') the re-measured candidates as the test set, every other candidate of every task as training.
+    Returns ({model: metrics against the tuning run's own measurement}, {model: metrics against the
+    geometric mean of all sessions}, the pairwise agreement of the first session with the later ones)."""
+    from tilecraft.cost_model.base import normalized_throughput
+    from tilecraft.search.database import trace_hash
+
+    tests, agree = [], []
+    for task, cands, costs, _ in data:
+        runs = remeasured.get(task.workload_key, {})
+        test = [i for i, c in enumerate(cands) if len(runs.get(trace_hash(c.trace_json), [])) > 0]
+        if len(test) < 10:
+            continue
+        later = np.asarray([runs[trace_hash(cands[i].trace_json)] for i in test])  # [candidates, rounds]
+        all_sessions = np.exp(np.mean(np.log(np.column_stack([costs[test], later])), axis=1))
+        tests.append((task, test, normalized_throughput(costs[test]), normalized_throughput(all_sessions)))
+        with np.errstate(divide="ignore"):
+            agree.append(pairwise_accuracy(1 / costs[test], 1 / np.exp(np.mean(np.log(later), axis=1))))
+    first, everything = {}, {}
+    for name, factory in factories.items():
+        model = factory()
+        held = {task.workload_key: set(test) for task, test, _, _ in tests}
+        for task, cands, costs, _ in data:
+            train = [i for i in range(len(cands)) if i not in held.get(task.workload_key, set())]
+            _add(model, task, [cands[i] for i in train], _results(costs[train]))
+        _retrain(model)
+        one, many = [], []
+        for task, test, truth_one, truth_all in tests:
+            cands = next(c for t, c, _, _ in data if t.workload_key == task.workload_key)
+            scores = model.predict(task, [cands[i] for i in test])
+            one.append(metrics(scores, truth_one))
+            many.append(metrics(scores, truth_all))
+        first[name] = {k: float(np.nanmean([r[k] for r in one])) for k in METRICS}
+        everything[name] = {k: float(np.nanmean([r[k] for r in many])) for k in METRICS}
+    return first, everything, float(np.mean(agree))
+
+
+def search_report(*, data, seen, seen_tasks, unseen, ceiling, paths, command: str, seconds: float,
+                  remeasured: tuple | None = None) -> str:
     """The report of --records-from: splits (a) and (b) on tuning records, with their repeat-noise ceiling."""
     from tilecraft.cost_model.xgb_model import XGBConfig
 
@@ -261,7 +332,8 @@ def search_report(*, data, seen, seen_tasks, unseen, ceiling, paths, command: st
         "",
         f"- machine: {machine()}",
         f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
-        f"- command: `{command}` ({seconds:.0f} s; no measuring: records of {', '.join(f'`{p}`' for p in paths)})",
+        f"- command: `{command}` ({seconds:.0f} s; records of {', '.join(f'`{p}`' for p in paths)}"
+        + ("; measuring only for (a''), into `bench/work/`, reused by a re-run)" if remeasured else "; no measuring)"),
         "- dataset: every workload with enough records; the candidates the evolutionary search chose to",
         "  measure (near the best, plus its random share), measured over several tuning sessions",
         "",
@@ -282,6 +354,7 @@ def search_report(*, data, seen, seen_tasks, unseen, ceiling, paths, command: st
         "",
         _table(["model", *METRICS], [[m, *[v[k] for k in METRICS]] for m, v in unseen.items()]),
         "",
+        *(_remeasured_section(*remeasured) if remeasured else []),
         "## Per task",
         "",
         _table(["task", "workload", "candidates", "failed", "best GFLOP/s", "median / best", "repeats agree",
@@ -650,6 +723,10 @@ def main(argv=None) -> int:
     parser.add_argument("--records-from", nargs="+", metavar="DB", help="evaluate on these tuning databases' records "
                         "(workloads with >= --min-records candidates) instead of the random-candidate dataset")
     parser.add_argument("--min-records", type=int, default=150)
+    parser.add_argument("--remeasure-rounds", type=int, default=0, help="--records-from: re-measure test candidates "
+                        "this many more times (into bench/work/<OUT's stem>.remeasured.db) for a less noisy truth")
+    parser.add_argument("--remeasure-tasks", type=int, default=12)
+    parser.add_argument("--remeasure-per-task", type=int, default=32)
     args = parser.parse_args(argv)
     started = time.time()
     if args.records_from:
@@ -704,6 +781,21 @@ def main(argv=None) -> int:
     return 0
 
 
+def _remeasured_section(first: dict, everything: dict, agree: float, tasks: int, per_task: int, rounds: int) -> list[str]:
+    return [
+        f"## (a'') Re-measured: {per_task} candidates of each of the {tasks} largest tasks, {rounds} more sessions",
+        "",
+        f"Test set: those candidates; training: every other candidate of every task. The later sessions'",
+        f"mean ranks the candidates the same way as the tuning run's own measurement on {agree:.3f} of pairs:",
+        "the noise of one measurement. The model against the tuning run's measurement (as in (a)), then",
+        f"against the geometric mean of all {rounds + 1} sessions (closer to the candidates' true speed):",
+        "",
+        _table(["model", "truth", *METRICS], [[m, "one session", *[v[k] for k in METRICS]] for m, v in first.items()]
+               + [[m, f"{rounds + 1} sessions", *[v[k] for k in METRICS]] for m, v in everything.items()]),
+        "",
+    ]
+
+
 def main_tuning_records(args, argv, started: float) -> int:
     from tilecraft.cost_model.features import FeatureExtractor
     from tilecraft.targets.base import resolve_target
@@ -721,9 +813,21 @@ def main_tuning_records(args, argv, started: float) -> int:
     print("seen:", seen, flush=True)
     unseen, _ = evaluate_unseen(data, factories)
     print("unseen:", unseen, flush=True)
+    remeasured = None
+    if args.remeasure_rounds:
+        from tilecraft.search.database import Database
+
+        WORK.mkdir(parents=True, exist_ok=True)
+        with Database(str(WORK / f"{Path(args.out).stem}.remeasured.db")) as retest_db:
+            runs = remeasure(data, target, retest_db, tasks=args.remeasure_tasks, per_task=args.remeasure_per_task,
+                             rounds=args.remeasure_rounds)
+        first, everything, agree = evaluate_remeasured(data, factories, runs)
+        print("remeasured:", first, everything, agree, flush=True)
+        remeasured = (first, everything, agree, args.remeasure_tasks, args.remeasure_per_task, args.remeasure_rounds)
     command = "python bench/cost_model_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = search_report(data=data, seen=seen, seen_tasks=seen_tasks, unseen=unseen, ceiling=ceiling,
-                         paths=args.records_from, command=command.strip(), seconds=time.time() - started)
+                         paths=args.records_from, command=command.strip(), seconds=time.time() - started,
+                         remeasured=remeasured)
     Path(args.out).write_text(text)
     print(text)
     return 0
