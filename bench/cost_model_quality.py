@@ -4,7 +4,8 @@
     python bench/cost_model_quality.py --collect-only  # only measure
     python bench/cost_model_quality.py --per-task 100  # a smaller dataset (a quick look)
     python bench/cost_model_quality.py --records-from bench/work/v2/tuned.db ... --out bench/cost_model_search.md
-                                                       # the candidates tuning runs measured instead (no measuring)
+                                                       # the candidates tuning runs measured instead (no measuring;
+                                                       # --remeasure-rounds 3: a less noisy truth for some of them)
 
 Dataset: random sampled candidates (`search.sampling.sample_candidates`) of a 1024^3 matmul,
 ResNet-18's distinct 3x3/1x1 conv tasks, a dense layer (128x768x768 + bias + relu) and
