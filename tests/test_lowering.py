@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import tvm
+import tvm_ffi
 from tvm import te
 
 import tilecraft as tc
@@ -126,3 +127,33 @@ def test_packed_weight_matmuls_match_numpy(transpose_b):
     want = 0.5 * z * (1 + _erf64(z / math.sqrt(2)))
     got = tc.compile(optimized, target="llvm").run(feeds)["y"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("width, pads, groups", [
+    (29, (1, 1, 1, 1), 16),  # odd width: the last odd column is padding
+    (32, (0, 0, 1, 1), 16),  # TF-style asymmetric padding (MobileNet exports)
+    (30, (1, 2, 0, 1), 8),  # grouped, two channels per group
+    (12, (1, 1, 1, 1), 16),  # 6 wide: below DEINTERLEAVE_MIN_WIDTH, the plain padded map
+])
+def test_stride2_grouped_convs_read_deinterleaved_columns(width, pads, groups):
+    from tilecraft.compiler.lower_ops import DEINTERLEAVE_MIN_WIDTH
+
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType((1, 16, 9, width), "float32"))
+    w = b.const(rng.standard_normal((16, 16 // groups, 3, 3)).astype("float32"), "w")
+    bias = b.const(rng.standard_normal(16).astype("float32"), "bias")
+    y = b.add("conv2d", [x, w, bias], "y", strides=(2, 2), pads=pads, dilations=(1, 1), groups=groups)
+    graph = b.finish([b.add("relu", [y], "out")])
+    out_width = graph.type_of("y").shape[3]
+    (task,) = tc.api.prepare(graph, target="llvm").table.tasks
+    pad = next(buf for buf in _allocated_buffers(task.mod["main"]) if buf.name == "pad_temp")
+    assert len(pad.shape) == (5 if out_width >= DEINTERLEAVE_MIN_WIDTH else 4)
+    module = tc.compile(graph, target="llvm")
+    feeds = {"x": rng.standard_normal((1, 16, 9, width)).astype("float32")}
+    np.testing.assert_allclose(module.run(feeds)["out"], run_graph(graph, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+def _allocated_buffers(func) -> list:
+    found = []
+    tvm_ffi.structural_walk(func.body, (tvm.s_tir.SBlock, lambda block: found.extend(block.alloc_buffers)), order="post")
+    return found
