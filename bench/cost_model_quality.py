@@ -299,21 +299,21 @@ def evaluate_remeasured(data, factories, remeasured: dict) -> tuple[dict, dict, 
             continue
         later = np.asarray([runs[trace_hash(cands[i].trace_json)] for i in test])  # [candidates, rounds]
         all_sessions = np.exp(np.mean(np.log(np.column_stack([costs[test], later])), axis=1))
-        tests.append((task, test, normalized_throughput(costs[test]), normalized_throughput(all_sessions)))
+        tests.append((task, [cands[i] for i in test], set(test), normalized_throughput(costs[test]),
+                      normalized_throughput(all_sessions)))
         with np.errstate(divide="ignore"):
             agree.append(pairwise_accuracy(1 / costs[test], 1 / np.exp(np.mean(np.log(later), axis=1))))
+    held = {task.workload_key: test for task, _, test, _, _ in tests}
     first, everything = {}, {}
     for name, factory in factories.items():
         model = factory()
-        held = {task.workload_key: set(test) for task, test, _, _ in tests}
         for task, cands, costs, _ in data:
             train = [i for i in range(len(cands)) if i not in held.get(task.workload_key, set())]
             _add(model, task, [cands[i] for i in train], _results(costs[train]))
         _retrain(model)
         one, many = [], []
-        for task, test, truth_one, truth_all in tests:
-            cands = next(c for t, c, _, _ in data if t.workload_key == task.workload_key)
-            scores = model.predict(task, [cands[i] for i in test])
+        for task, test_cands, _, truth_one, truth_all in tests:
+            scores = model.predict(task, test_cands)
             one.append(metrics(scores, truth_one))
             many.append(metrics(scores, truth_all))
         first[name] = {k: float(np.nanmean([r[k] for r in one])) for k in METRICS}
@@ -349,11 +349,11 @@ def search_report(*, data, seen, seen_tasks, unseen, ceiling, paths, command: st
         "",
         "## (a) Unseen candidates of seen tasks (70/30 split per task, mean of 3 splits, averaged over tasks)",
         "",
-        _table(["model", *METRICS], [[m, *[v[k] for k in METRICS]] for m, v in seen.items()]),
+        _metrics_table(seen),
         "",
         "## (b) Unseen tasks (leave one task out, averaged over tasks)",
         "",
-        _table(["model", *METRICS], [[m, *[v[k] for k in METRICS]] for m, v in unseen.items()]),
+        _metrics_table(unseen),
         "",
         *(_remeasured_section(*remeasured) if remeasured else []),
         "## Per task",
@@ -608,6 +608,11 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def _metrics_table(by_model: dict) -> str:
+    """{model: {metric: value}} as a table, one row per model."""
+    return _table(["model", *METRICS], [[m, *[v[k] for k in METRICS]] for m, v in by_model.items()])
+
+
 def summary(*, seen, retested, unseen, sessions) -> list[str]:
     from tilecraft.cost_model.xgb_model import XGBConfig
 
@@ -664,18 +669,18 @@ def report(*, data, sessions, seen, retested, seen_tasks, unseen, unseen_tasks, 
         "",
         "## (a) Unseen candidates of seen tasks (70/30 split per task, mean of 3 splits, averaged over tasks)",
         "",
-        _table(["model", *METRICS], [[m, *[v[k] for k in METRICS]] for m, v in seen.items()]),
+        _metrics_table(seen),
         "",
         "## (a') The same, tested on the re-measured candidates against both sessions' geometric mean",
         "",
         "Test set: each task's `--retest` candidates; truth: the geometric mean of their two measurements",
         "(less noisy than one); training: all other candidates of all tasks.",
         "",
-        _table(["model", *METRICS], [[m, *[v[k] for k in METRICS]] for m, v in retested.items()]),
+        _metrics_table(retested),
         "",
         "## (b) Unseen tasks (leave one task out, averaged over tasks)",
         "",
-        _table(["model", *METRICS], [[m, *[v[k] for k in METRICS]] for m, v in unseen.items()]),
+        _metrics_table(unseen),
         "",
         "## Pairwise accuracy per task",
         "",
