@@ -100,7 +100,7 @@ def run_block(name: str, trials_per_task: int, db_path: str, seed: int = 0) -> d
     from tilecraft.search.database import Database
 
     graph = BLOCKS[name]()
-    prepared = api.prepare(graph, target="llvm")
+    prepared = api.prepare(graph, target="llvm", layout="NCHW")  # x86's NCHWc convs form no chains
     (bneck,) = [n for n in prepared.graph.nodes if n.attr("anchor") == "bottleneck"]
     fused_key = prepared.table.node_task[bneck.name]
     part_keys = prepared.table.part_tasks[bneck.name]

@@ -50,7 +50,7 @@ def tuned_form(graph, *, as_matmul: bool, trials: int, work: str):
     saved = passes.MATMUL_CONV_MAX_CHANNELS, passes.MATMUL_CONV_MIN_PIXELS
     passes.MATMUL_CONV_MAX_CHANNELS, passes.MATMUL_CONV_MIN_PIXELS = (1 << 30, 0) if as_matmul else (0, 1 << 30)
     try:
-        prepared = tc.api.prepare(graph, target="llvm")
+        prepared = tc.api.prepare(graph, target="llvm", layout="NCHW")
     finally:
         passes.MATMUL_CONV_MAX_CHANNELS, passes.MATMUL_CONV_MIN_PIXELS = saved
     (task,) = prepared.table.tasks

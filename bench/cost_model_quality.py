@@ -58,7 +58,7 @@ def _dense_task(m: int, k: int, n: int, *, name: str):
     y = b.add("matmul", [x, w])
     if name.startswith("dense"):
         y = b.add("relu", [b.add("add", [y, b.const(rng.standard_normal((n,)).astype("float32"), "bias")])])
-    tasks = tc.api.prepare(b.finish([y])).tasks
+    tasks = tc.api.prepare(b.finish([y]), layout="NCHW").tasks
     return max(tasks, key=lambda t: t.flops)
 
 
@@ -71,7 +71,7 @@ def benchmark_tasks(*, matmul_size: int = 1024) -> list:
         import subprocess
 
         subprocess.run([sys.executable, "/work/shared/models/materialize.py", str(models)], check=True, capture_output=True)
-    resnet = tc.api.prepare(models / "resnet18.onnx").tasks
+    resnet = tc.api.prepare(models / "resnet18.onnx", layout="NCHW").tasks
     wanted = ("conv2d_relu_1x64x56x56", "conv2d_relu_1x128x28x28", "conv2d_1x128x28x28",
               "conv2d_add_relu_1x256x14x14", "conv2d_relu_1x512x7x7")
     convs, seen = [], set()

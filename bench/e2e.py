@@ -2,6 +2,9 @@
 database when --db is given) vs ONNX Runtime and PyTorch eager, measured in the same run.
 
     python bench/e2e.py [--models resnet18 ...] [--db bench/work/tuned.db | --db resnet18=r.db ...] [--repeat 30] [--rounds 5]
+
+A database spec may name the layout its tasks were tuned for (`resnet18=r.db@NCHW`, tilecraft's
+`--layout`; default auto); a model given several specs gets one tuned build each, all in the same rounds.
 """
 
 from __future__ import annotations
@@ -48,18 +51,26 @@ def materialize(out: Path) -> Path:
     return out
 
 
-def model_databases(specs: list[str], models: list[str]) -> dict[str, str]:
-    """`--db FILE` serves every model; `--db MODEL=FILE` one model (it wins over a plain FILE)."""
+def model_databases(specs: list[str], models: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """`--db FILE[@LAYOUT]` serves every model; `--db MODEL=FILE[@LAYOUT]` one model (it wins over a
+    plain FILE).  Returns model -> [(database, layout)]."""
+    def parse(spec: str) -> tuple[str, str]:
+        path, _, layout = spec.partition("@")
+        return path, layout or "auto"
+
     shared = [s for s in specs if "=" not in s]
     if len(shared) > 1:
         sys.exit(f"e2e.py: more than one --db without MODEL=: {shared}")
-    out = {m: shared[0] for m in models} if shared else {}
+    out: dict[str, list[tuple[str, str]]] = {}
     for spec in specs:
         if "=" in spec:
             model, path = spec.split("=", 1)
             if model not in models:
                 sys.exit(f"e2e.py: --db {spec}: {model} is not among --models {models}")
-            out[model] = path
+            out.setdefault(model, []).append(parse(path))
+    for m in models:
+        if shared and m not in out:
+            out[m] = [parse(shared[0])]
     return out
 
 
@@ -99,10 +110,10 @@ def main() -> None:
         # ONNX Runtime and both builds are timed in alternating rounds, so that the machine's drift
         # (a shared host) lands on all of them alike rather than on whichever ran last.
         runs, errors = {"ort": lambda: sess.run(None, feeds)}, {"ort": 0.0}
-        for label, db in (("untuned", None), ("tuned", databases.get(name))):
-            if label == "tuned" and not db:
-                continue
-            module = tc.compile(graph, target="llvm", database=db)
+        builds = [("untuned", None, "auto")] + [
+            ("tuned" if layout == "auto" else f"tuned@{layout}", db, layout) for db, layout in databases.get(name, [])]
+        for label, db, layout in builds:
+            module = tc.compile(graph, target="llvm", database=db, layout=layout)
             out = module.run(feeds)
             errors[label] = max(float(np.abs(out[o] - r).max() / max(np.abs(r).max(), 1e-6)) for o, r in zip(module.output_names, ref))
             args_ = module._arguments(feeds)
@@ -121,7 +132,7 @@ def main() -> None:
           f"{THREADS} threads, batch 1; {datetime.date.today()}")
     print(f"Command: python bench/e2e.py {' '.join(sys.argv[1:])}")
     print()
-    tuned = any("tuned" in r[3] for r in rows)
+    tuned = any(len(r[3]) > 1 for r in rows)
     head = "| model | ONNX Runtime ms | PyTorch eager ms | tilecraft untuned ms | untuned / ORT |"
     if tuned:
         head += " tilecraft tuned ms | tuned / ORT | max rel err |"
@@ -129,11 +140,16 @@ def main() -> None:
     print("|" + "---|" * (head.count("|") - 1))
     for name, ort_ms, torch_ms, res in rows:
         u = res["untuned"][0]
-        line = f"| {name} | {ort_ms:.2f} | {torch_ms:.2f} | {u:.2f} | {u / ort_ms:.2f} |"
-        if tuned:
-            t, err = res.get("tuned", (float("nan"), float("nan")))
-            line += f" {t:.2f} | {t / ort_ms:.2f} | {err:.1e} |"
-        print(line)
+        builds = [label for label in res if label != "untuned"] or [None]
+        first = name if builds[0] in (None, "tuned") else f"{name} ({builds[0]})"
+        line = f"| {first} | {ort_ms:.2f} | {torch_ms:.2f} | {u:.2f} | {u / ort_ms:.2f} |"
+        for k, label in enumerate(builds):
+            if k:  # a second tuned build of the same model (another layout): its own row
+                line = f"| {name} ({label}) | {ort_ms:.2f} | | | |"
+            if tuned:
+                t, err = res.get(label, (float("nan"), float("nan")))
+                line += f" {t:.2f} | {t / ort_ms:.2f} | {err:.1e} |"
+            print(line)
 
 
 if __name__ == "__main__":

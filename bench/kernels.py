@@ -90,7 +90,7 @@ def main() -> None:
     if not (models / "resnet18.onnx").exists():
         models.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, str(HERE.parent.parent / "shared" / "models" / "materialize.py"), str(models)], check=True)
-    prepared = tc.prepare(str(models / "resnet18.onnx"))
+    prepared = tc.prepare(str(models / "resnet18.onnx"), layout="NCHW")
     convs = sorted((t for t in prepared.tasks if t.kind == "conv2d"), key=lambda t: -t.flops * t.weight)[: args.convs]
     tasks += convs
     conv_attrs = {}  # workload key -> (stride, pad) of its conv, for the im2col baseline

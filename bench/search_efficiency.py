@@ -64,7 +64,7 @@ def resnet_tasks() -> dict:
     if not (models / "resnet18.onnx").exists():
         subprocess.run([sys.executable, str(SHARED_MODELS / "materialize.py"), str(models)], check=True, capture_output=True)
     out = {}
-    for t in tc.api.prepare(models / "resnet18.onnx").tasks:  # a name can repeat (stride 2 vs 1): number them
+    for t in tc.api.prepare(models / "resnet18.onnx", layout="NCHW").tasks:  # a name can repeat (stride 2 vs 1): number them
         k = sum(1 for n in out if n.split("#")[0] == t.name)
         out[f"{t.name}#{k + 1}" if k else t.name] = t
     return out

@@ -1,7 +1,7 @@
 """Where a built model spends its time: each task's kernel as the build schedules it (best record
 or default), timed alone warm (activations are hot in a model run), times its occurrences.
 
-    python bench/task_profile.py bench/work/models/mobilenet_v2.onnx --db bench/work/v3/mobilenet.db [--top 20]
+    python bench/task_profile.py bench/work/models/mobilenet_v2.onnx --db bench/work/v3/mobilenet.db [--top 20] [--layout NCHWc]
 
 The sum approximates the model's latency without the VM's dispatch; the default schedule of each
 task is timed beside it, so the gain of tuning shows per task.  Bottleneck chains are counted the
@@ -39,8 +39,9 @@ def main() -> None:
     ap.add_argument("--db", required=True)
     ap.add_argument("--target", default="llvm")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--layout", default="auto", choices=["auto", "NCHW", "NCHWc"], help="as tune's --layout")
     args = ap.parse_args()
-    prepared = tc.api.prepare(args.model, target=args.target)
+    prepared = tc.api.prepare(args.model, target=args.target, layout=args.layout)
     source = ScheduleSource(prepared.target, database=args.db)
     dev = tvm.cpu()
     rows = []

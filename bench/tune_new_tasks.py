@@ -23,12 +23,13 @@ def main(argv=None) -> int:
     ap.add_argument("--db", required=True)
     ap.add_argument("--trials", type=int, required=True, help="measurements in total across the new tasks")
     ap.add_argument("--target", default="llvm")
+    ap.add_argument("--layout", default="auto", choices=["auto", "NCHW", "NCHWc"], help="as tune's --layout")
     args = ap.parse_args(argv)
 
     import tilecraft as tc
     from tilecraft.search.database import Database
 
-    prepared = tc.api.prepare(args.model, target=args.target)
+    prepared = tc.api.prepare(args.model, target=args.target, layout=args.layout)
     with Database(args.db) as db:
         measured = {w.workload_key for w in db.workloads() if w.trials > 0 and w.target_key == prepared.target.key}
     new = tuple(t for t in prepared.table.tasks if t.workload_key not in measured)

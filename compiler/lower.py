@@ -56,6 +56,8 @@ def _flops(body: Graph) -> float:
         elif n.op == "conv2d":
             w = body.type_of(n.inputs[1])
             total += 2.0 * out * w.shape[1] * w.shape[2] * w.shape[3]
+        elif n.op == "conv2d_nchwc":  # every weight layout of ops.py: [out blocks, reduction..., b_out]
+            total += 2.0 * out * float(np.prod(body.type_of(n.inputs[1]).shape[1:-1]))
         elif n.op == "attention":
             q, v = body.type_of(n.inputs[0]), body.type_of(n.inputs[2])
             sk = v.shape[-2]

@@ -389,26 +389,95 @@ def _conv2d_packed(inputs, attrs, out_type):
     return te.compute(out_type.shape, unblock, name="T_unblock")
 
 
+# --------------------------------------------------------------------------- NCHWc (compiler/layout.py)
+@lowering("to_nchwc")
+def _to_nchwc(inputs, attrs, out_type):
+    x, b = inputs[0], attrs["block"]
+    c = int(x.shape[1])
+    if c % b == 0:
+        return te.compute(out_type.shape, lambda n, o, y, z, i: x[n, o * b + i, y, z], name="T_to_nchwc")
+    return te.compute(
+        out_type.shape,
+        lambda n, o, y, z, i: tirx.if_then_else(o * b + i < c, x[n, tirx.min(o * b + i, c - 1), y, z], _const(0, _dt(x))),
+        name="T_to_nchwc",
+    )
+
+
+@lowering("from_nchwc")
+def _from_nchwc(inputs, attrs, out_type):
+    x = inputs[0]
+    b = int(x.shape[4])
+    return te.compute(out_type.shape, lambda n, c, y, z: x[n, c // b, y, z, c % b], name="T_from_nchwc")
+
+
+def pad_nchwc(x: te.Tensor, pads, value=0.0, name="pad_temp") -> te.Tensor:
+    pt, pl, pb, pr = pads
+    if not any(pads):
+        return x
+    n, cb, h, w, b = x.shape
+    return te.compute(
+        (n, cb, h + pt + pb, w + pl + pr, b),
+        lambda i, j, y, z, c: tirx.if_then_else(
+            tirx.all(y >= pt, y < h + pt, z >= pl, z < w + pl), x[i, j, y - pt, z - pl, c], _const(value, _dt(x))),
+        name=name,
+    )
+
+
+@lowering("conv2d_nchwc")
+def _conv2d_nchwc(inputs, attrs, out_type):
+    """Output [N, O/b, OH, OW, b] from NCHW or NCHWc input; weight layouts in ops.py."""
+    x, w = inputs[0], inputs[1]
+    (sh, sw), (dh, dw) = attrs["strides"], attrs["dilations"]
+    ry = te.reduce_axis((0, int(w.shape[-3 if attrs.get("depthwise") else 2])), name="ry")
+    rx = te.reduce_axis((0, int(w.shape[-2 if attrs.get("depthwise") else 3])), name="rx")
+    if attrs.get("depthwise"):
+        padded = pad_nchwc(x, attrs["pads"])
+
+        def body(n, o, y, z, c):
+            return te.sum(padded[n, o, y * sh + ry * dh, z * sw + rx * dw, c] * w[o, ry, rx, c], axis=[ry, rx])
+    elif len(x.shape) == 5:
+        padded = pad_nchwc(x, attrs["pads"])
+        rco = te.reduce_axis((0, int(w.shape[1])), name="rco")
+        rci = te.reduce_axis((0, int(w.shape[4])), name="rci")
+
+        def body(n, o, y, z, c):
+            return te.sum(padded[n, rco, y * sh + ry * dh, z * sw + rx * dw, rci] * w[o, rco, ry, rx, rci, c],
+                          axis=[rco, ry, rx, rci])
+    else:
+        padded = pad_nchw(x, attrs["pads"])
+        rc = te.reduce_axis((0, int(w.shape[1])), name="rc")
+
+        def body(n, o, y, z, c):
+            return te.sum(padded[n, rc, y * sh + ry * dh, z * sw + rx * dw] * w[o, rc, ry, rx, c], axis=[rc, ry, rx])
+
+    out = te.compute(out_type.shape, body, name="conv2d_nchwc")
+    if len(inputs) > 2:
+        bias = inputs[2]
+        out = te.compute(out_type.shape, lambda n, o, y, z, c: out[n, o, y, z, c] + bias[o, c], name="T_add_bias")
+    return out
+
+
 # --------------------------------------------------------------------------- reductions
 @lowering("pool2d")
 def _pool2d(inputs, attrs, out_type):
+    """NCHW, or NCHWc (5-D, compiler/layout.py: the channel block rides along as a trailing axis)."""
     x = inputs[0]
     kind = attrs["kind"]
     (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["strides"], attrs["dilations"]
     pt, pl, pb, pr = attrs["pads"]
     fill = tvm.tirx.min_value(_dt(x)).value if kind in ("max", "argmax") else 0.0
-    padded = pad_nchw(x, attrs["pads"], fill)
+    padded = pad_nchw(x, attrs["pads"], fill) if len(x.shape) == 4 else pad_nchwc(x, attrs["pads"], fill)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     h, w = int(x.shape[2]), int(x.shape[3])
 
-    def window(n, c, y, z):
-        return padded[n, c, y * sh + ry * dh, z * sw + rx * dw]
+    def window(n, c, y, z, *block):
+        return padded[(n, c, y * sh + ry * dh, z * sw + rx * dw, *block)]
 
     if kind in ("max", "argmax"):
-        mx = te.compute(out_type.shape, lambda n, c, y, z: te.max(window(n, c, y, z), axis=[ry, rx]), name="pool_max")
+        mx = te.compute(out_type.shape, lambda *i: te.max(window(*i), axis=[ry, rx]), name="pool_max")
         return mx if kind == "max" else _pool_argmax(x, padded, mx, attrs, out_type)
-    total = te.compute(out_type.shape, lambda n, c, y, z: te.sum(window(n, c, y, z), axis=[ry, rx]), name="pool_sum")
+    total = te.compute(out_type.shape, lambda *i: te.sum(window(*i), axis=[ry, rx]), name="pool_sum")
     if attrs.get("count_include_pad"):
         # the window is clipped to the explicitly padded input (not ceil_mode's extra), as ONNX Runtime does
         eb, er = attrs.get("ceil_extra", (0, 0))
@@ -424,7 +493,7 @@ def _pool2d(inputs, attrs, out_type):
                 last = tirx.min(k - 1, (lo + size - 1 - pos) // d)
                 return tirx.max(last - first + 1, 1)
             return (inside(y * sh, kh, dh, pt, h) * inside(z * sw, kw, dw, pl, w)).astype(_dt(x))
-    return te.compute(out_type.shape, lambda n, c, y, z: total[n, c, y, z] / count(y, z), name="pool_avg")
+    return te.compute(out_type.shape, lambda *i: total[i] / count(i[2], i[3]), name="pool_avg")
 
 
 def _pool_argmax(x, padded, mx, attrs, out_type):

@@ -300,6 +300,89 @@ def _conv_eval(inputs, attrs):
 register("conv2d", ANCHOR, _conv_infer, _conv_eval)
 
 
+# ---------------------------------------------------------------------------
+# NCHWc activations (compiler/layout.py): [N, C/b, H, W, b], channels zero-padded to a multiple of b.
+# conv2d_nchwc reads NCHW (4-D) or NCHWc (5-D) input and writes NCHWc.  Weights, packed by the pass:
+#   dense, NCHW input   [O/b, C, KH, KW, b]        dense, NCHWc input  [O/b, C/b, KH, KW, b_in, b_out]
+#   depthwise (groups = channels, NCHWc input)   [C/b, KH, KW, b]
+# bias [O/b, b].  The padded output channels hold epilogue(0) and meet zero weights downstream.
+def to_blocked(x: np.ndarray, block: int) -> np.ndarray:
+    n, c, h, w = x.shape
+    cb = -(-c // block)
+    x = np.pad(x, ((0, 0), (0, cb * block - c), (0, 0), (0, 0)))
+    return np.ascontiguousarray(x.reshape(n, cb, block, h, w).transpose(0, 1, 3, 4, 2))
+
+
+def from_blocked(x: np.ndarray, channels: int) -> np.ndarray:
+    n, cb, h, w, b = x.shape
+    return np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3).reshape(n, cb * b, h, w)[:, :channels])
+
+
+def _to_nchwc_infer(inputs, attrs):
+    x, b = inputs[0], attrs["block"]
+    if x.ndim != 4:
+        raise ShapeError(f"to_nchwc expects a 4-D input, got {x}")
+    return TensorType((x.shape[0], -(-x.shape[1] // b), x.shape[2], x.shape[3], b), x.dtype)
+
+
+def _from_nchwc_infer(inputs, attrs):
+    x, c = inputs[0], attrs["channels"]
+    if x.ndim != 5 or not 0 < c <= x.shape[1] * x.shape[4]:
+        raise ShapeError(f"from_nchwc: {c} channels do not fit {x}")
+    return TensorType((x.shape[0], c, x.shape[2], x.shape[3]), x.dtype)
+
+
+register("to_nchwc", INJECTIVE, _to_nchwc_infer, lambda i, a: to_blocked(i[0], a["block"]))
+register("from_nchwc", INJECTIVE, _from_nchwc_infer, lambda i, a: from_blocked(i[0], a["channels"]))
+
+
+def _nchwc_conv_as_oihw(inputs, attrs) -> tuple[TensorType, TensorType, dict]:
+    """conv2d_nchwc's input and weight types as the plain conv2d they compute, and its attrs."""
+    x, w = inputs[0], inputs[1]
+    plain = {k: v for k, v in attrs.items() if k != "depthwise"}
+    if attrs.get("depthwise"):
+        if x.ndim != 5 or w.ndim != 4 or w.shape[0] != x.shape[1] or w.shape[3] != x.shape[4]:
+            raise ShapeError(f"conv2d_nchwc (depthwise): input {x} does not match weight {w}")
+        c = x.shape[1] * x.shape[4]
+        return (TensorType((x.shape[0], c, *x.shape[2:4]), x.dtype), TensorType((c, 1, *w.shape[1:3]), w.dtype),
+                {**plain, "groups": c})
+    if x.ndim == 5 and w.ndim == 6 and w.shape[1] == x.shape[1] and w.shape[4] == x.shape[4]:
+        xc = TensorType((x.shape[0], x.shape[1] * x.shape[4], *x.shape[2:4]), x.dtype)
+        return xc, TensorType((w.shape[0] * w.shape[5], w.shape[1] * w.shape[4], *w.shape[2:4]), w.dtype), plain
+    if x.ndim == 4 and w.ndim == 5 and w.shape[1] == x.shape[1]:
+        return x, TensorType((w.shape[0] * w.shape[4], *w.shape[1:4]), w.dtype), plain
+    raise ShapeError(f"conv2d_nchwc: input {x} does not match weight {w}")
+
+
+def _conv_nchwc_infer(inputs, attrs):
+    x, w, plain = _nchwc_conv_as_oihw(inputs, attrs)
+    n, o, oh, ow = _conv_infer([x, w], plain).shape
+    b = inputs[1].shape[-1]
+    return TensorType((n, o // b, oh, ow, b), x.dtype)
+
+
+def _conv_nchwc_eval(inputs, attrs):
+    x, w = inputs[0], inputs[1]
+    b = w.shape[-1]
+    if attrs.get("depthwise"):
+        w = w.transpose(0, 3, 1, 2).reshape(-1, 1, *w.shape[1:3])
+    elif w.ndim == 6:
+        ob, cb, kh, kw, bi, bo = w.shape
+        w = w.transpose(0, 5, 1, 4, 2, 3).reshape(ob * bo, cb * bi, kh, kw)
+    else:
+        w = unpack_conv_weight(w, "OIHWo")
+    if x.ndim == 5:
+        x = from_blocked(x, x.shape[1] * x.shape[4])
+    plain = {k: v for k, v in attrs.items() if k != "depthwise"}
+    if attrs.get("depthwise"):
+        plain["groups"] = w.shape[0]
+    bias = [inputs[2].reshape(-1)] if len(inputs) > 2 else []
+    return to_blocked(_conv_eval([x, w, *bias], plain), b)
+
+
+register("conv2d_nchwc", ANCHOR, _conv_nchwc_infer, _conv_nchwc_eval)
+
+
 def _bn_eval(inputs, attrs):
     x, scale, bias, mean, var = inputs
     shape = (1, -1) + (1,) * (x.ndim - 2)
@@ -316,13 +399,18 @@ register("batch_norm", ELEMWISE, _same, _bn_eval)
 # count_include_pad does not count (ONNX Runtime, PyTorch)
 def _pool_infer(inputs, attrs):
     x = inputs[0]
+    if x.ndim != 4 and not (x.ndim == 5 and attrs["kind"] in ("max", "avg")):
+        raise ShapeError(f"pool2d ({attrs['kind']}) expects an NCHW input (or NCHWc for max / avg), got {x}")
     (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = attrs["kernel"], attrs["strides"], attrs["pads"], attrs["dilations"]
     oh = conv_out_dim(x.shape[2], kh, sh, pt, pb, dh)
     ow = conv_out_dim(x.shape[3], kw, sw, pl, pr, dw)
-    return TensorType((x.shape[0], x.shape[1], oh, ow), "int64" if attrs["kind"] == "argmax" else x.dtype)
+    return TensorType((x.shape[0], x.shape[1], oh, ow, *x.shape[4:]), "int64" if attrs["kind"] == "argmax" else x.dtype)
 
 
 def _pool_eval(inputs, attrs):
+    if inputs[0].ndim == 5:  # NCHWc: pool every (padded) channel, block again
+        x = inputs[0]
+        return to_blocked(_pool_eval([from_blocked(x, x.shape[1] * x.shape[4])], attrs), x.shape[4])
     x = inputs[0].astype(np.float64)
     (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = attrs["kernel"], attrs["strides"], attrs["pads"], attrs["dilations"]
     kind = attrs["kind"]

@@ -212,7 +212,10 @@ def default_tiles(sch: Schedule, block: str, ctx: SketchContext) -> list[list[in
 
 
 def _register_axis(sch: Schedule, block: str, info, vec_axis: int | None) -> int | None:
-    """The spatial axis along which the vectorized operand is reused (not in its indices)."""
+    """The spatial axis along which the vectorized operand is reused (not in its indices); of
+    several, the innermost: a conv's output width rather than its height, whose rows are far
+    apart in the input (ResNet-18's default schedules, sum of kernels: NCHWc 34 -> 23 ms,
+    NCHW 27 -> 24 ms)."""
     if vec_axis is None:
         return None
     stmt = stmt_of(sch, sch.get_sblock(block))
@@ -224,7 +227,7 @@ def _register_axis(sch: Schedule, block: str, info, vec_axis: int | None) -> int
             used |= _vars_in(rng.min)
         if not any(vec_var.same_as(u) for u in used):
             continue
-        for i in range(len(ivars)):
+        for i in reversed(range(len(ivars))):
             if i != vec_axis and info.iter_kinds[i] == "S" and info.extents[i] > 1 and not any(
                 ivars[i].same_as(u) for u in used
             ):

@@ -44,7 +44,7 @@ def _force(prepared, fused: bool):
 @pytest.mark.parametrize("name", list(BLOCKS))
 def test_fused_block_equals_unfused(name):
     graph = BLOCKS[name]()
-    prepared = api.prepare(graph)
+    prepared = api.prepare(graph, layout="NCHW")
     assert count_bottlenecks(prepared.graph) == 1
     feeds = _x(graph)
     outs = {}
@@ -62,12 +62,12 @@ def test_no_fuse_bottleneck_switches_it_off():
     assert count_fused(optimize(graph)).get("bottleneck") == 1
     off = optimize(graph, no_fuse=frozenset({"bottleneck"}))
     assert "bottleneck" not in count_fused(off) and count_fused(off)["conv2d"] == 3
-    prepared = api.prepare(graph, no_fuse=["bottleneck"])
+    prepared = api.prepare(graph, no_fuse=["bottleneck"], layout="NCHW")
     assert not prepared.table.part_tasks and "bottleneck" not in prepared.fusion_report()
 
 
 def test_tasks_include_fused_and_parts():
-    prepared = api.prepare(BLOCKS["resnet"]())
+    prepared = api.prepare(BLOCKS["resnet"](), layout="NCHW")
     kinds = sorted(t.kind for t in prepared.tasks)
     assert kinds == ["bottleneck", "conv2d", "conv2d", "conv2d"]
     (parts,) = prepared.table.part_tasks.values()
@@ -107,7 +107,7 @@ def _allocations(func) -> dict[str, int]:
 def test_default_schedule_keeps_the_intermediate_tile_sized():
     from tilecraft.search.schedules import default_schedule_func
 
-    prepared = api.prepare(inverted_residual(16, 6, 16, 32, 1, seed=1))
+    prepared = api.prepare(inverted_residual(16, 6, 16, 32, 1, seed=1), layout="NCHW")
     (task,) = [t for t in prepared.tasks if t.kind == "bottleneck"]
     full = 96 * 34 * 34  # the expanded, padded intermediate
     unscheduled = _allocations(task.func)
@@ -120,7 +120,7 @@ def test_sketches_and_random_candidates_replay():
     from tilecraft.search.sampling import sample_candidates
     from tilecraft.search.sketch import generate_sketches
 
-    prepared = api.prepare(BLOCKS["mbv2_residual"]())
+    prepared = api.prepare(BLOCKS["mbv2_residual"](), layout="NCHW")
     (task,) = [t for t in prepared.tasks if t.kind == "bottleneck"]
     sketches = generate_sketches(task, prepared.target)
     assert sketches and "bottleneck_cpu" in sketches[0].name
@@ -131,7 +131,7 @@ def test_sketches_and_random_candidates_replay():
 
 
 def test_parts_of_few_channel_expands_are_matmuls_between_views():
-    prepared = api.prepare(BLOCKS["mbv2_matmul_expand"]())
+    prepared = api.prepare(BLOCKS["mbv2_matmul_expand"](), layout="NCHW")
     if not api.weight_block(prepared.target):
         pytest.skip("conv1x1_as_matmul is for x86 vector CPUs")
     (node,) = [n for n in prepared.graph.nodes if n.attr("parts")]
@@ -151,7 +151,7 @@ def test_build_choice_follows_the_records(tmp_path):
     from tvm.s_tir import Schedule
 
     graph = BLOCKS["mbv2_residual"]()
-    prepared = api.prepare(graph)
+    prepared = api.prepare(graph, layout="NCHW")
     (name, parts), = prepared.table.part_tasks.items()
     fused_key = prepared.table.node_task[name]
     tasks = prepared.table.by_key()
@@ -181,7 +181,7 @@ def test_models_fuse_and_match_onnxruntime(models_dir):
     for name in ("mobilenet_v2", "resnet18"):
         path = models_dir / f"{name}.onnx"
         graph = from_onnx(path)
-        prepared = api.prepare(graph)
+        prepared = api.prepare(graph, layout="NCHW")
         counts[name] = count_bottlenecks(prepared.graph)
         feeds = model_inputs(name, graph.inputs, 1)
         want = ort_run(path, feeds)[0]
@@ -205,7 +205,7 @@ def test_gpu_schedule_generates_valid_cuda():
     from tilecraft.targets.base import resolve_target
 
     target = resolve_target("cuda:sm_80")
-    prepared = api.prepare(BLOCKS["mbv2_residual"](), target=target)
+    prepared = api.prepare(BLOCKS["mbv2_residual"](), target=target, layout="NCHW")
     (task,) = [t for t in prepared.tasks if t.kind == "bottleneck"]
     mod = tvm.IRModule({"main": default_schedule_func(task, target)})
     assert gpu_problem(mod, target.tvm_target, target.limits) == ""

@@ -26,8 +26,9 @@ def test_model_compiles_and_matches_onnxruntime(name, models_dir, tmp_path):
     path = models_dir / f"{name}.onnx"
     graph = from_onnx(path)
     verify(graph)
-    # as `tc.compile(path)` does it: conv weights packed by the host's vector width on x86
-    optimized = optimize(graph, verify_each=True, weight_block=tc.api.weight_block(tc.api.resolve_target("llvm")))
+    # as `tc.compile(path)` does it: conv weights packed and feature maps NCHWc by the host's vector width on x86
+    block = tc.api.weight_block(tc.api.resolve_target("llvm"))
+    optimized = optimize(graph, verify_each=True, weight_block=block, nchwc_block=block)
     module = tc.compile(optimized, target="llvm")
     for seed in (1, 2):
         feeds = model_inputs(name, graph.inputs, seed)
@@ -38,8 +39,9 @@ def test_model_compiles_and_matches_onnxruntime(name, models_dir, tmp_path):
     if name == "resnet18":  # the pipeline keeps the numpy semantics too
         feeds = model_inputs(name, graph.inputs, 3)
         assert_close_scaled(run_graph(optimized, feeds)[0], run_graph(graph, feeds)[0], rel=1e-5)
-        if tc.api.weight_block(tc.api.resolve_target("llvm")):
-            assert any(n.attr("weight_layout") for f in optimized.nodes for n in f.attr("body").nodes)
+        if block:
+            assert all(n.op != "conv2d" for f in optimized.nodes for n in f.attr("body").nodes)
+            assert sum(n.op == "conv2d_nchwc" for f in optimized.nodes for n in f.attr("body").nodes) == 20
 
 
 def test_exported_module_runs_in_a_fresh_process(models_dir, tmp_path):
