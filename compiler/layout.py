@@ -26,6 +26,7 @@ import dataclasses
 import numpy as np
 
 from .ir import Graph, Node, TensorType, values_read
+from .ops import pack_conv_weight
 
 # elementwise ops that keep finite values finite (log(0) or 1/0 in a padded channel would become
 # NaN after the next conv's 0 * inf)
@@ -100,32 +101,28 @@ def _convertible_elementwise(node: Node, graph: Graph, blocked: dict[str, str]) 
 def _conv(node: Node, graph: Graph, constants: dict, blocked: dict[str, str], as_blocked, block: int) -> Node:
     """conv2d -> conv2d_nchwc with its weight (and bias) packed for the input's layout."""
     w = graph.constants[node.inputs[1]]
-    o = w.shape[0]
+    o, c, kh, kw = w.shape
     ob = -(-o // block)
+    w = np.pad(w, ((0, ob * block - o), (0, 0), (0, 0), (0, 0)))  # zero output channels up to the block
     depthwise = node.attr("groups", 1) != 1
     x = node.inputs[0]
     if depthwise:
-        x = as_blocked(x)
-        wp = np.pad(w[:, 0], ((0, ob * block - o), (0, 0), (0, 0)))  # [Cp, KH, KW]
-        packed = wp.reshape(ob, block, *w.shape[2:]).transpose(0, 2, 3, 1)
-        layout = "dw"
+        x, layout = as_blocked(x), "dw"
+        packed = w[:, 0].reshape(ob, block, kh, kw).transpose(0, 2, 3, 1)
     elif x in blocked:
-        x = blocked[x]
-        cb = -(-w.shape[1] // block)
-        wp = np.pad(w, ((0, ob * block - o), (0, cb * block - w.shape[1]), (0, 0), (0, 0)))
-        packed = wp.reshape(ob, block, cb, block, *w.shape[2:]).transpose(0, 2, 4, 5, 3, 1)
-        layout = "blocked"
+        x, layout = blocked[x], "blocked"
+        cb = -(-c // block)
+        w = np.pad(w, ((0, 0), (0, cb * block - c), (0, 0), (0, 0)))
+        packed = w.reshape(ob, block, cb, block, kh, kw).transpose(0, 2, 4, 5, 3, 1)
     else:
-        wp = np.pad(w, ((0, ob * block - o), (0, 0), (0, 0), (0, 0)))
-        packed = wp.reshape(ob, block, *w.shape[1:]).transpose(0, 2, 3, 4, 1)
-        layout = "plain"
+        layout, packed = "plain", pack_conv_weight(w, block)
     w_name = f"{node.inputs[1]}.nchwc{block}{layout}"
-    constants.setdefault(w_name, np.ascontiguousarray(packed.astype(w.dtype)))
+    constants.setdefault(w_name, np.ascontiguousarray(packed))
     inputs = [x, w_name]
     if len(node.inputs) > 2:
         bias = graph.constants[node.inputs[2]].reshape(-1)
         b_name = f"{node.inputs[2]}.nchwc{block}"
-        constants.setdefault(b_name, np.pad(bias, (0, ob * block - o)).reshape(ob, block).astype(bias.dtype))
+        constants.setdefault(b_name, np.pad(bias, (0, ob * block - o)).reshape(ob, block))
         inputs.append(b_name)
     n, _, oh, ow = node.type.shape
     attrs = {k: v for k, v in node.attr_dict.items() if k != "groups"}

@@ -250,6 +250,12 @@ def _packed_weight_type(w: TensorType, attrs) -> TensorType:
     return TensorType((ob * b, i, kh, kw), w.dtype)
 
 
+def pack_conv_weight(w: np.ndarray, block: int) -> np.ndarray:
+    """OIHW -> OIHW{b}o = [O/b, I, KH, KW, b] (O a multiple of b)."""
+    o, i, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(o // block, block, i, kh, kw).transpose(0, 2, 3, 4, 1))
+
+
 def unpack_conv_weight(w: np.ndarray, layout: str | None) -> np.ndarray:
     """OIHW{b}o -> OIHW (the inverse of passes.pack_weights); OIHW as it is."""
     if not layout:

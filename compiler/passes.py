@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from .ir import Graph, Node, TensorType, values_read
-from .ops import BINARY, UNARY, evaluate
+from .ops import BINARY, UNARY, evaluate, pack_conv_weight
 
 FOLD_LIMIT = 1 << 26  # elements: bigger constant results stay as run-time nodes
 
@@ -281,8 +281,7 @@ def pack_weights(graph: Graph, *, block: int) -> Graph:
         name = f"{weight}.{_layout(node, block)}"
         if name not in constants:
             if node.op == "conv2d":
-                o, i, kh, kw = w.shape
-                packed = w.reshape(o // block, block, i, kh, kw).transpose(0, 2, 3, 4, 1)
+                packed = pack_conv_weight(w, block)
             else:
                 kn = w.T if node.attr("transpose_b") else w
                 packed = kn.reshape(kn.shape[0], kn.shape[1] // block, block).transpose(1, 0, 2)

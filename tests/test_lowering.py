@@ -136,7 +136,7 @@ def test_packed_weight_matmuls_match_numpy(transpose_b):
     (12, (1, 1, 1, 1), 16),  # 6 wide: below DEINTERLEAVE_MIN_WIDTH, the plain padded map
 ])
 def test_stride2_grouped_convs_read_deinterleaved_columns(width, pads, groups):
-    from tilecraft.compiler.lower_ops import DEINTERLEAVE_MIN_WIDTH
+    from tilecraft.compiler.lower_conv import DEINTERLEAVE_MIN_WIDTH
 
     b = GraphBuilder()
     x = b.add_input("x", TensorType((1, 16, 9, width), "float32"))
