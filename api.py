@@ -87,7 +87,9 @@ def weight_block(target: Target) -> int:
 
 def prepare(model, *, target: "str | Target" = "llvm", no_fuse: Iterable[str] = (),
             input_shapes: dict[str, tuple[int, ...]] | None = None, example_inputs: tuple | None = None,
-            layout: str = "auto") -> Prepared:
+            layout: str = "auto", winograd: bool = True) -> Prepared:
+    """The optimized graph and its tasks.  `winograd`: 3x3 convs on large NCHWc maps as Winograd
+    F(4x4, 3x3) kernels (compiler/winograd.py; x86 in the NCHWc layout only)."""
     graph = load_model(model, input_shapes=input_shapes, example_inputs=example_inputs)
     tgt = resolve_target(target)
     unknown = set(no_fuse) - set(FUSIONS)
@@ -97,16 +99,17 @@ def prepare(model, *, target: "str | Target" = "llvm", no_fuse: Iterable[str] = 
         raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
     block = weight_block(tgt)
     optimized = optimize(graph, no_fuse=frozenset(no_fuse), weight_block=block,
-                         nchwc_block=block if layout in ("auto", "NCHWc") else 0)
+                         nchwc_block=block if layout in ("auto", "NCHWc") else 0, winograd=winograd)
     return Prepared(optimized, extract_tasks(optimized), tgt)
 
 
 def compile(model, *, target: "str | Target" = "llvm", database: "str | os.PathLike | None" = None,
             no_fuse: Iterable[str] = (), input_shapes: dict[str, tuple[int, ...]] | None = None,
-            example_inputs: tuple | None = None, layout: str = "auto") -> Module:
+            example_inputs: tuple | None = None, layout: str = "auto", winograd: bool = True) -> Module:
     """Build a model with the best schedules the database holds (the target's default schedule elsewhere)."""
     prepared = model if isinstance(model, Prepared) else prepare(
-        model, target=target, no_fuse=no_fuse, input_shapes=input_shapes, example_inputs=example_inputs, layout=layout)
+        model, target=target, no_fuse=no_fuse, input_shapes=input_shapes, example_inputs=example_inputs, layout=layout,
+        winograd=winograd)
     module, _ = build_prepared(prepared, database=database)
     return module
 
@@ -150,12 +153,14 @@ def tune(model, *, target: "str | Target" = "llvm", trials: int = 200, database:
          no_fuse: Iterable[str] = (), input_shapes: dict[str, tuple[int, ...]] | None = None,
          example_inputs: tuple | None = None, seed: int = 0, rpc_tracker: str | None = None,
          rpc_key: str | None = None, progress: bool = True, time_budget_s: float | None = None,
-         strategy: str = "evolutionary", scheduler: str = "gradient", batch_size: int = 16, layout: str = "auto"):
+         strategy: str = "evolutionary", scheduler: str = "gradient", batch_size: int = 16, layout: str = "auto",
+         winograd: bool = True):
     """Tune every task of a model for `trials` measurements in total; records go to `database`."""
     from .search.tuner import TuneConfig, tune_prepared
 
     prepared = model if isinstance(model, Prepared) else prepare(
-        model, target=target, no_fuse=no_fuse, input_shapes=input_shapes, example_inputs=example_inputs, layout=layout)
+        model, target=target, no_fuse=no_fuse, input_shapes=input_shapes, example_inputs=example_inputs, layout=layout,
+        winograd=winograd)
     config = TuneConfig(trials=trials, seed=seed, rpc_tracker=rpc_tracker, rpc_key=rpc_key, progress=progress,
                         time_budget_s=time_budget_s, strategy=strategy, scheduler=scheduler, batch_size=batch_size)
     return tune_prepared(prepared, database=database, config=config)

@@ -45,6 +45,8 @@ def _tune_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", default="auto", choices=["auto", "NCHW", "NCHWc"],
                    help="feature maps between convs: NCHWc (channel-blocked) where conv weights are packed (x86), "
                         "else NCHW (auto); or NCHW everywhere")
+    p.add_argument("--no-winograd", action="store_true",
+                   help="keep 3x3 convs direct (default: Winograd F(4x4, 3x3) on large NCHWc maps)")
     p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="measure on devices registered at this TVM RPC tracker")
     p.add_argument("--rpc-key", default=None, help="device key at the RPC tracker")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop tuning after this long")
@@ -61,7 +63,7 @@ def tune_command(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     prepared = api.prepare(args.model, target=args.target, no_fuse=args.no_fuse, input_shapes=dict(args.input_shape),
-                           layout=args.layout)
+                           layout=args.layout, winograd=not args.no_winograd)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     fused = prepared.fusion_report()
     say(f"imported {args.model}: {len(prepared.graph.nodes)} kernels, {len(prepared.tasks)} unique tasks, "

@@ -4,7 +4,8 @@ database when --db is given) vs ONNX Runtime and PyTorch eager, measured in the 
     python bench/e2e.py [--models resnet18 ...] [--db bench/work/tuned.db | --db resnet18=r.db ...] [--repeat 30] [--rounds 5]
 
 A database spec may name the layout its tasks were tuned for (`resnet18=r.db@NCHW`, tilecraft's
-`--layout`; default auto); a model given several specs gets one tuned build each, all in the same rounds.
+`--layout`; default auto), and `+direct` for 3x3 convs without Winograd (`r.db@NCHWc+direct`,
+`--no-winograd`); a model given several specs gets one tuned build each, all in the same rounds.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def main() -> None:
         builds = [("untuned", None, "auto")] + [
             ("tuned" if layout == "auto" else f"tuned@{layout}", db, layout) for db, layout in databases.get(name, [])]
         for label, db, layout in builds:
-            module = tc.compile(graph, target="llvm", database=db, layout=layout)
+            layout, _, direct = layout.partition("+")
+            module = tc.compile(graph, target="llvm", database=db, layout=layout, winograd=direct != "direct")
             out = module.run(feeds)
             errors[label] = max(float(np.abs(out[o] - r).max() / max(np.abs(r).max(), 1e-6)) for o, r in zip(module.output_names, ref))
             args_ = module._arguments(feeds)

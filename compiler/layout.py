@@ -8,7 +8,8 @@ only where the chain meets an op that stays NCHW (a global reduce, flatten, the 
 
 `to_nchwc` rewrites
   conv2d (one group, or depthwise: groups = in = out channels) with a constant weight
-      -> conv2d_nchwc, weights packed here (see ops.py for the layouts), channels padded to b
+      -> conv2d_nchwc, weights packed here (see ops.py for the layouts), channels padded to b;
+      a 3x3 stride-1 conv on a large NCHWc map -> three Winograd kernels (winograd.py)
   an elementwise op whose tensor operands are all NCHWc values of its own shape (scalar constants
       may join) and that maps finite values to finite values -> the same op on the 5-D values
   max / average pooling of an NCHWc value -> the same pooling on the 5-D value
@@ -26,7 +27,8 @@ import dataclasses
 import numpy as np
 
 from .ir import Graph, Node, TensorType, values_read
-from .ops import pack_conv_weight
+from . import winograd
+from .ops import infer_type, pack_conv_weight
 
 # elementwise ops that keep finite values finite (log(0) or 1/0 in a padded channel would become
 # NaN after the next conv's 0 * inf)
@@ -36,8 +38,9 @@ FINITE_ELEMENTWISE = frozenset({
 })
 
 
-def to_nchwc(graph: Graph, *, block: int) -> Graph:
-    """Rewrite convs and their epilogues to NCHWc with `block` channels per vector; 0: no change."""
+def to_nchwc(graph: Graph, *, block: int, winograd_convs: bool = True) -> Graph:
+    """Rewrite convs and their epilogues to NCHWc with `block` channels per vector; 0: no change.
+    `winograd_convs`: 3x3 stride-1 convs on large NCHWc maps as Winograd kernels (compiler/winograd.py)."""
     if block <= 0 or not any(_convertible_conv(n, graph) for n in graph.nodes):
         return graph
     constants = dict(graph.constants)
@@ -47,10 +50,8 @@ def to_nchwc(graph: Graph, *, block: int) -> Graph:
 
     def as_blocked(value: str) -> str:
         if value not in blocked:
-            n, c, h, w = graph.type_of(value).shape
             name = f"{value}.nchwc"
-            t = TensorType((n, -(-c // block), h, w, block), graph.type_of(value).dtype)
-            nodes.append(Node.make(name, "to_nchwc", [value], t, block=block))
+            nodes.append(Node.make(name, "to_nchwc", [value], _blocked_type(graph.type_of(value), block), block=block))
             blocked[value] = name
         return blocked[value]
 
@@ -62,7 +63,8 @@ def to_nchwc(graph: Graph, *, block: int) -> Graph:
 
     for node in graph.nodes:
         if _convertible_conv(node, graph):
-            new = _conv(node, graph, constants, blocked, as_blocked, block)
+            *before, new = _conv(node, graph, constants, blocked, as_blocked, block, winograd_convs)
+            nodes.extend(before)
         elif _convertible_elementwise(node, graph, blocked) or (
                 node.op == "pool2d" and node.attr("kind") in ("max", "avg") and node.inputs[0] in blocked):
             inputs = [blocked.get(i, i) for i in node.inputs]
@@ -98,9 +100,15 @@ def _convertible_elementwise(node: Node, graph: Graph, blocked: dict[str, str]) 
     return bool(tensors) and all(i in blocked and graph.type_of(i).shape == node.type.shape for i in tensors)
 
 
-def _conv(node: Node, graph: Graph, constants: dict, blocked: dict[str, str], as_blocked, block: int) -> Node:
-    """conv2d -> conv2d_nchwc with its weight (and bias) packed for the input's layout."""
+def _conv(node: Node, graph: Graph, constants: dict, blocked: dict[str, str], as_blocked, block: int,
+          winograd_convs: bool) -> list[Node]:
+    """conv2d -> conv2d_nchwc with its weight (and bias) packed for the input's layout, or the
+    three Winograd kernels; the last node writes the conv's NCHWc value."""
     w = graph.constants[node.inputs[1]]
+    tile = winograd_convs and node.inputs[0] in blocked and winograd.tile_for(
+        _blocked_type(graph.type_of(node.inputs[0]), block).shape, w.shape, node.attr_dict, node.type.shape)
+    if tile:
+        return _winograd(node, graph, constants, blocked, block, tile)
     o, c, kh, kw = w.shape
     ob = -(-o // block)
     w = np.pad(w, ((0, ob * block - o), (0, 0), (0, 0), (0, 0)))  # zero output channels up to the block
@@ -120,11 +128,46 @@ def _conv(node: Node, graph: Graph, constants: dict, blocked: dict[str, str], as
     constants.setdefault(w_name, np.ascontiguousarray(packed))
     inputs = [x, w_name]
     if len(node.inputs) > 2:
-        bias = graph.constants[node.inputs[2]].reshape(-1)
-        b_name = f"{node.inputs[2]}.nchwc{block}"
-        constants.setdefault(b_name, np.pad(bias, (0, ob * block - o)).reshape(ob, block))
-        inputs.append(b_name)
+        inputs.append(_packed_bias(node, graph, constants, block))
     n, _, oh, ow = node.type.shape
     attrs = {k: v for k, v in node.attr_dict.items() if k != "groups"}
-    return Node.make(f"{node.name}.nchwc", "conv2d_nchwc", inputs, TensorType((n, ob, oh, ow, block), node.type.dtype),
-                     **attrs, **({"depthwise": True} if depthwise else {}))
+    return [Node.make(f"{node.name}.nchwc", "conv2d_nchwc", inputs, TensorType((n, ob, oh, ow, block), node.type.dtype),
+                      **attrs, **({"depthwise": True} if depthwise else {}))]
+
+
+def _packed_bias(node: Node, graph: Graph, constants: dict, block: int) -> str:
+    """A conv's bias as [O/b, b], zeros in the padded channels; returns its constant's name."""
+    bias = graph.constants[node.inputs[2]].reshape(-1)
+    ob = -(-bias.size // block)
+    name = f"{node.inputs[2]}.nchwc{block}"
+    constants.setdefault(name, np.pad(bias, (0, ob * block - bias.size)).reshape(ob, block))
+    return name
+
+
+def _blocked_type(t: TensorType, block: int) -> TensorType:
+    n, c, h, w = t.shape
+    return TensorType((n, -(-c // block), h, w, block), t.dtype)
+
+
+def _winograd(node: Node, graph: Graph, constants: dict, blocked: dict[str, str], block: int, tile: int) -> list[Node]:
+    """The conv as winograd_input -> winograd_gemm -> winograd_output (weights transformed here)."""
+    w = graph.constants[node.inputs[1]]
+    bt, _, at = winograd.MATRICES[tile]
+    bt_name, at_name = f"winograd{tile}.BT", f"winograd{tile}.AT"
+    constants.setdefault(bt_name, bt.astype(np.float32))
+    constants.setdefault(at_name, at.astype(np.float32))
+    u_name = f"{node.inputs[1]}.winograd{tile}x{block}"
+    constants.setdefault(u_name, winograd.transform_weight(w, block, tile))
+    x = blocked[node.inputs[0]]
+    x_type = _blocked_type(graph.type_of(node.inputs[0]), block)
+    v_type = infer_type("winograd_input", [x_type, TensorType(bt.shape, "float32")], {})
+    v = Node.make(f"{node.name}.wino_v", "winograd_input", [x, bt_name], v_type)
+    u_type = TensorType(constants[u_name].shape, "float32")
+    m = Node.make(f"{node.name}.wino_m", "winograd_gemm", [v.name, u_name],
+                  infer_type("winograd_gemm", [v_type, u_type], {}))
+    inputs = [m.name, at_name]
+    if len(node.inputs) > 2:
+        inputs.append(_packed_bias(node, graph, constants, block))
+    out = Node.make(f"{node.name}.nchwc", "winograd_output", inputs,
+                    infer_type("winograd_output", [m.type, TensorType(at.shape, "float32")], {"block": block}), block=block)
+    return [v, m, out]

@@ -58,6 +58,13 @@ def _flops(body: Graph) -> float:
             total += 2.0 * out * w.shape[1] * w.shape[2] * w.shape[3]
         elif n.op == "conv2d_nchwc":  # every weight layout of ops.py: [out blocks, reduction..., b_out]
             total += 2.0 * out * float(np.prod(body.type_of(n.inputs[1]).shape[1:-1]))
+        elif n.op == "winograd_gemm":  # [36, C/b, b, K] weights: a C-long dot per output
+            u = body.type_of(n.inputs[1]).shape
+            total += 2.0 * out * u[1] * u[2]
+        elif n.op == "winograd_input":  # two 6-term passes: 12 multiply-adds per transformed value
+            total += 2.0 * out * 12
+        elif n.op == "winograd_output":  # (4*6*6 + 4*4*6) / 16 = 15 multiply-adds per output
+            total += 2.0 * out * 15
         elif n.op == "attention":
             q, v = body.type_of(n.inputs[0]), body.type_of(n.inputs[2])
             sk = v.shape[-2]

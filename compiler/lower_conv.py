@@ -160,6 +160,77 @@ def _conv2d_nchwc(inputs, attrs, out_type):
     return out
 
 
+# --------------------------------------------------------------------------- Winograd (compiler/winograd.py)
+# The transforms are written as explicit sums, not reductions: then they are plain (injective)
+# blocks, and the search computes the first pass inside the second's loop over tiles, where a
+# tile's partial results stay in L1; as reduction blocks each pass was tiled on its own and the
+# partial results went through memory (56x56x64 map, 64 trials: 237 us input transform).  The
+# first pass is marked to stay a stage: inlined, each of its values would be computed a times.
+KEEP_STAGE_ATTR = "tilecraft.keep_stage"  # a block annotation: search/rules_cpu.py does not inline it
+
+
+def _dot(n: int, term) -> tirx.PrimExpr:
+    total = term(0)
+    for k in range(1, n):
+        total = total + term(k)
+    return total
+
+
+@lowering("winograd_input")
+def _winograd_input(inputs, attrs, out_type):
+    """B^T d B in two passes (rows, then columns) of a-term dots, a = m + 2 the patch side."""
+    x, bt = inputs
+    a = int(bt.shape[0])
+    m = a - 2
+    padded = pad_nchw(x, (1, 1, 1, 1))
+    ty, tx, _, cb, b = (int(d) for d in out_type.shape)
+    rows = te.compute(
+        (ty, tx, a, a, cb, b),
+        lambda y, z, e, s, c, i: _dot(a, lambda r: padded[0, c, y * m + r, z * m + s, i] * bt[e, r]),
+        name="winograd_input_rows",
+        attrs={KEEP_STAGE_ATTR: 1},
+    )
+    return te.compute(
+        out_type.shape,
+        lambda y, z, t, c, i: _dot(a, lambda s: rows[y, z, t // a, s, c, i] * bt[t % a, s]),
+        name="winograd_input",
+    )
+
+
+@lowering("winograd_gemm")
+def _winograd_gemm(inputs, attrs, out_type):
+    v, u = inputs
+    rc = te.reduce_axis((0, int(u.shape[1])), name="rc")
+    ri = te.reduce_axis((0, int(u.shape[2])), name="ri")
+    return te.compute(
+        out_type.shape,
+        lambda y, z, t, k: te.sum(v[y, z, t, rc, ri] * u[t, rc, ri, k], axis=[rc, ri]),
+        name="winograd_gemm",
+    )
+
+
+@lowering("winograd_output")
+def _winograd_output(inputs, attrs, out_type):
+    """A^T m A in two passes (rows, then columns), read as the NCHWc map (+ bias) for the epilogue."""
+    mm, at, b = inputs[0], inputs[1], attrs["block"]
+    m, a = (int(d) for d in at.shape)
+    ty, tx = (int(d) for d in mm.shape[:2])
+    kb = int(mm.shape[3]) // b
+    rows = te.compute(
+        (kb, ty, tx, m, a, b),
+        lambda k, y, z, i, nu, o: _dot(a, lambda e: mm[y, z, e * a + nu, k * b + o] * at[i, e]),
+        name="winograd_output_rows",
+        attrs={KEEP_STAGE_ATTR: 1},
+    )
+    bias = inputs[2] if len(inputs) > 2 else None
+
+    def body(n, k, h, w, o):
+        value = _dot(a, lambda nu: rows[k, h // m, w // m, h % m, nu, o] * at[w % m, nu])
+        return value + bias[k, o] if bias is not None else value
+
+    return te.compute(out_type.shape, body, name="winograd_output")
+
+
 # --------------------------------------------------------------------------- pooling
 @lowering("pool2d")
 def _pool2d(inputs, attrs, out_type):

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import GraphError, ShapeError
+from . import winograd
 from .ir import TensorType
 
 # Fusion kinds, from "cheapest to fuse" to "anchor":
@@ -387,6 +388,37 @@ def _conv_nchwc_eval(inputs, attrs):
 
 
 register("conv2d_nchwc", ANCHOR, _conv_nchwc_infer, _conv_nchwc_eval)
+
+
+# Winograd F(m x m, 3x3) on NCHWc maps (m = 4 or 2): the three kernels a 3x3 conv becomes (compiler/winograd.py)
+def _winograd_input_infer(inputs, attrs):
+    x, bt = inputs
+    a = bt.shape[0]
+    if x.ndim != 5 or bt.shape not in ((6, 6), (4, 4)) or x.shape[2] % (a - 2) or x.shape[3] % (a - 2):
+        raise ShapeError(f"winograd_input: input {x} (NCHWc, H and W multiples of the tile) or transform {bt} is off")
+    return TensorType((x.shape[2] // (a - 2), x.shape[3] // (a - 2), a * a, x.shape[1], x.shape[4]), x.dtype)
+
+
+def _winograd_gemm_infer(inputs, attrs):
+    v, u = inputs
+    if v.ndim != 5 or u.ndim != 4 or u.shape[:3] != v.shape[2:]:
+        raise ShapeError(f"winograd_gemm: transformed input {v} does not match transformed weight {u}")
+    return TensorType((*v.shape[:3], u.shape[3]), v.dtype)
+
+
+def _winograd_output_infer(inputs, attrs):
+    mm, at, b = inputs[0], inputs[1], attrs["block"]
+    m, a = at.shape
+    if mm.ndim != 4 or mm.shape[3] % b or at.shape not in ((4, 6), (2, 4)) or mm.shape[2] != a * a or (
+            len(inputs) > 2 and inputs[2].shape != (mm.shape[3] // b, b)):
+        raise ShapeError(f"winograd_output: products {mm}, transform {at} or bias do not fit")
+    return TensorType((1, mm.shape[3] // b, mm.shape[0] * m, mm.shape[1] * m, b), mm.dtype)
+
+
+register("winograd_input", ANCHOR, _winograd_input_infer, lambda i, a: winograd.input_eval(*i))
+register("winograd_gemm", ANCHOR, _winograd_gemm_infer, lambda i, a: winograd.gemm_eval(*i))
+register("winograd_output", ANCHOR, _winograd_output_infer,
+         lambda i, a: winograd.output_eval(i[0], i[1], i[2] if len(i) > 2 else None, a["block"]))
 
 
 def _bn_eval(inputs, attrs):

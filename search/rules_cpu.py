@@ -11,6 +11,7 @@ import tvm
 import tvm_ffi
 from tvm.s_tir import Schedule
 
+from ..compiler.lower_conv import KEEP_STAGE_ATTR
 from .sketch import Outcome, Rule, SketchContext, _vars_in, analyze, register_rule, stmt_of, unit_stride
 
 MAX_INNER_SPATIAL = 64  # largest innermost spatial tile sampled (4 AVX-512 vectors)
@@ -36,8 +37,8 @@ def _inline_condition(sch: Schedule, block: str, ctx: SketchContext) -> Outcome:
         return Outcome.SKIP
     rv = sch.get_sblock(block)
     consumers = sch.get_consumers(rv)
-    if not consumers:
-        return Outcome.SKIP
+    if not consumers or KEEP_STAGE_ATTR in stmt_of(sch, rv).annotations:
+        return Outcome.SKIP  # marked by its lowering: kept, the search computes it at a consumer's loop
     body = stmt_of(sch, rv).body
     if ctx.target.is_gpu:  # GPU rules fold padding into shared-memory fetches
         return Outcome.APPLY_AND_SKIP_REST

@@ -28,11 +28,11 @@ def _one_line_error(capsys, code, *needles):
     return err
 
 
-@pytest.mark.parametrize("layout", ["NCHW", "NCHWc"])
-def test_tune_run_bench_round_trip(tmp_path, capsys, layout):
+@pytest.mark.parametrize("flags", [["--layout", "NCHW"], ["--layout", "NCHWc"], ["--layout", "NCHWc", "--no-winograd"]])
+def test_tune_run_bench_round_trip(tmp_path, capsys, flags):
     out = tmp_path / "tiny.so"
     code = tune_main([str(EXAMPLE), "--input-shape", "input=1x3x32x32", "-o", str(out), "--db", str(tmp_path / "t.db"),
-                      "--layout", layout])
+                      *flags])
     assert code == 0 and out.exists()
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
