@@ -68,6 +68,13 @@ def tuned_form(graph, *, winograd_on: bool, trials: int, work: str):
     return sum(times.values()), times, module
 
 
+def _cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=96)
@@ -92,19 +99,21 @@ def main(argv=None) -> int:
                   flush=True)
     load = os.getloadavg()
     lines = [
-        "# 3x3 convs: direct vs Winograd F(4x4, 3x3), NCHWc (CPU)",
+        "# 3x3 convs: direct vs Winograd F(m x m, 3x3), NCHWc (CPU)",
         "",
         f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; load average at the end {load[0]:.1f}; 2 threads",
+        f"- machine: {_cpu_name()}, {os.cpu_count()} cores",
         f"- command: `{' '.join(['python bench/winograd.py', *(argv if argv is not None else sys.argv[1:])])}`",
         f"- each form tuned with {args.trials} trials (the whole block graph) into a fresh database; best measured time "
         "of the 3x3 conv's kernels (conv + bias + residual add + ReLU); GFLOP/s counts the direct conv's multiply-adds",
         "",
-        "| channels | map | direct us | direct GFLOP/s | Winograd us (input + matmuls + output) | effective GFLOP/s | speedup |",
-        "|---:|---|---:|---:|---|---:|---:|",
+        "| channels | map | direct us | direct GFLOP/s | Winograd | us (input + matmuls + output) | effective GFLOP/s | speedup |",
+        "|---:|---|---:|---:|---|---|---:|---:|",
     ]
     for channels, size, direct_us, wino_us, flops, parts in rows:
         split = " + ".join(f"{v * 1e6:.0f}" for v in parts.values())
-        lines.append(f"| {channels} | {size}x{size} | {direct_us:.0f} | {flops / direct_us / 1e3:.0f} | "
+        tile = 4 if size % 4 == 0 else 2
+        lines.append(f"| {channels} | {size}x{size} | {direct_us:.0f} | {flops / direct_us / 1e3:.0f} | F({tile}x{tile}, 3x3) | "
                      f"{wino_us:.0f} ({split}) | {flops / wino_us / 1e3:.0f} | {direct_us / wino_us:.2f}x |")
     text = "\n".join(lines) + "\n"
     args.out.write_text(text)
