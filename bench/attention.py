@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchlib import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "bench" / "attention.md"
 HEADS, DIM = 12, 64
@@ -142,15 +144,7 @@ def sweep_blocks(seq: int, variants, *, repeat: int) -> list[tuple[int, int, boo
 
 
 def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
 def report(rows: list[dict], sweep: list, sweep_seq: int, command: str, trials: int = 0) -> str:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchlib import tune_fresh, write_report
+
 HERE = Path(__file__).resolve().parent
 SHAPES = (  # (input channels, output channels, map size)
     (16, 96, 112), (24, 144, 56), (32, 192, 28), (64, 384, 28), (64, 384, 14), (96, 576, 14),
@@ -45,7 +47,6 @@ def tuned_form(graph, *, as_matmul: bool, trials: int, work: str):
     """(best seconds per call, module, task name) of one form, tuned into a fresh database."""
     import tilecraft as tc
     from tilecraft.compiler import passes
-    from tilecraft.search.schedules import ScheduleSource
 
     saved = passes.MATMUL_CONV_MAX_CHANNELS, passes.MATMUL_CONV_MIN_PIXELS
     passes.MATMUL_CONV_MAX_CHANNELS, passes.MATMUL_CONV_MIN_PIXELS = (1 << 30, 0) if as_matmul else (0, 1 << 30)
@@ -55,15 +56,8 @@ def tuned_form(graph, *, as_matmul: bool, trials: int, work: str):
         passes.MATMUL_CONV_MAX_CHANNELS, passes.MATMUL_CONV_MIN_PIXELS = saved
     (task,) = prepared.table.tasks
     assert ("matmul" in task.name) == as_matmul, task.name
-    db = os.path.join(work, f"{graph.name}_{'mm' if as_matmul else 'conv'}.db")
-    tc.tune(prepared, trials=trials, database=db, progress=False)
-    module, _ = tc.api.build_prepared(prepared, database=db)
-    source = ScheduleSource(prepared.target, database=db)
-    try:
-        best = source.best_cost(task.workload_key)
-    finally:
-        source.close()
-    return best, module, task.name
+    module, best = tune_fresh(prepared, trials=trials, database=os.path.join(work, f"{graph.name}_{'mm' if as_matmul else 'conv'}.db"))
+    return best[task.name], module, task.name
 
 
 def main(argv=None) -> int:
@@ -99,9 +93,7 @@ def main(argv=None) -> int:
     for cin, cout, size, conv_us, mm_us in rows:
         rule = "matmul" if cin <= MATMUL_CONV_MAX_CHANNELS and size * size >= MATMUL_CONV_MIN_PIXELS else "conv"
         lines.append(f"| {cin} -> {cout} | {size}x{size} | {conv_us:.0f} | {mm_us:.0f} | {conv_us / mm_us:.2f}x | {rule} |")
-    text = "\n".join(lines) + "\n"
-    args.out.write_text(text)
-    print(text)
+    write_report(args.out, lines)
     return 0
 
 

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchlib import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / "work"
 DB_PATH = WORK / "cost_model.db"
@@ -590,13 +592,7 @@ def training_speed(data, target, extractor) -> list[tuple[str, int, float, float
 
 # --------------------------------------------------------------------------- report
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
 def _table(header: list[str], rows: list[list]) -> str:

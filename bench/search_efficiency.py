@@ -28,6 +28,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from benchlib import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / "work" / "search_efficiency"
 RESULTS = WORK.parent / "search_efficiency.json"
@@ -231,14 +233,9 @@ def trials_to_reach(curve, gflops: float) -> int | None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import tvm
 
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, TVM {tvm.__version__}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, TVM {tvm.__version__}"
 
 
 def write_report(results: dict, command: str) -> None:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchlib import cpu_name, tune_fresh, write_report
+
 HERE = Path(__file__).resolve().parent
 SHAPES = ((64, 56), (128, 28), (256, 14))  # (channels, map size): ResNet-18's stages that a tile side divides
 
@@ -46,33 +48,19 @@ def tuned_form(graph, *, winograd_on: bool, trials: int, work: str):
     """(best seconds of the 3x3 conv's kernels, {task name: seconds}, module) of one form."""
     import tilecraft as tc
     from tilecraft.compiler import winograd
-    from tilecraft.search.schedules import ScheduleSource
 
     saved = winograd.WINOGRAD_MIN_PIXELS, winograd.MIN_PIXELS_F2
-    winograd.WINOGRAD_MIN_PIXELS = winograd.MIN_PIXELS_F2 = 0 if winograd_on else 1 << 30
+    winograd.WINOGRAD_MIN_PIXELS = winograd.MIN_PIXELS_F2 = 0  # every shape here, whatever its size
     try:
-        prepared = tc.api.prepare(graph, target="llvm", layout="NCHWc")
+        prepared = tc.api.prepare(graph, target="llvm", layout="NCHWc", winograd=winograd_on)
     finally:
         winograd.WINOGRAD_MIN_PIXELS, winograd.MIN_PIXELS_F2 = saved
     db = os.path.join(work, f"{graph.name}_{'wino' if winograd_on else 'direct'}.db")
-    tc.tune(prepared, trials=trials, database=db, progress=False)
-    module, _ = tc.api.build_prepared(prepared, database=db)
-    source = ScheduleSource(prepared.target, database=db)
-    try:
-        # the 3x3 conv's kernels: everything but the 1x1 producer and the layout change at the end
-        times = {t.name: source.best_cost(t.workload_key) for t in prepared.table.tasks
-                 if "winograd" in t.name or "add" in t.name}
-    finally:
-        source.close()
+    module, best = tune_fresh(prepared, trials=trials, database=db)
+    # the 3x3 conv's kernels: everything but the 1x1 producer and the layout change at the end
+    times = {name: s for name, s in best.items() if "winograd" in name or "add" in name}
     assert len(times) == (3 if winograd_on else 1), times
     return sum(times.values()), times, module
-
-
-def _cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 def main(argv=None) -> int:
@@ -102,7 +90,7 @@ def main(argv=None) -> int:
         "# 3x3 convs: direct vs Winograd F(m x m, 3x3), NCHWc (CPU)",
         "",
         f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; load average at the end {load[0]:.1f}; 2 threads",
-        f"- machine: {_cpu_name()}, {os.cpu_count()} cores",
+        f"- machine: {cpu_name()}, {os.cpu_count()} cores",
         f"- command: `{' '.join(['python bench/winograd.py', *(argv if argv is not None else sys.argv[1:])])}`",
         f"- each form tuned with {args.trials} trials (the whole block graph) into a fresh database; best measured time "
         "of the 3x3 conv's kernels (conv + bias + residual add + ReLU); GFLOP/s counts the direct conv's multiply-adds",
@@ -115,9 +103,7 @@ def main(argv=None) -> int:
         tile = 4 if size % 4 == 0 else 2
         lines.append(f"| {channels} | {size}x{size} | {direct_us:.0f} | {flops / direct_us / 1e3:.0f} | F({tile}x{tile}, 3x3) | "
                      f"{wino_us:.0f} ({split}) | {flops / wino_us / 1e3:.0f} | {direct_us / wino_us:.2f}x |")
-    text = "\n".join(lines) + "\n"
-    args.out.write_text(text)
-    print(text)
+    write_report(args.out, lines)
     return 0
 
 

@@ -8,7 +8,7 @@ only where the chain meets an op that stays NCHW (a global reduce, flatten, the 
 
 `to_nchwc` rewrites
   conv2d (one group, or depthwise: groups = in = out channels) with a constant weight
-      -> conv2d_nchwc, weights packed here (see ops.py for the layouts), channels padded to b;
+      -> conv2d_nchwc, weights packed here (see ops_conv.py for the layouts), channels padded to b;
       a 3x3 stride-1 conv on a large NCHWc map -> three Winograd kernels (winograd.py)
   an elementwise op whose tensor operands are all NCHWc values of its own shape (scalar constants
       may join) and that maps finite values to finite values -> the same op on the 5-D values
@@ -28,7 +28,8 @@ import numpy as np
 
 from .ir import Graph, Node, TensorType, values_read
 from . import winograd
-from .ops import infer_type, pack_conv_weight
+from .ops import infer_type
+from .ops_conv import pack_conv_weight
 
 # elementwise ops that keep finite values finite (log(0) or 1/0 in a padded channel would become
 # NaN after the next conv's 0 * inf)

@@ -56,7 +56,7 @@ def _flops(body: Graph) -> float:
         elif n.op == "conv2d":
             w = body.type_of(n.inputs[1])
             total += 2.0 * out * w.shape[1] * w.shape[2] * w.shape[3]
-        elif n.op == "conv2d_nchwc":  # every weight layout of ops.py: [out blocks, reduction..., b_out]
+        elif n.op == "conv2d_nchwc":  # every weight layout of ops_conv.py: [out blocks, reduction..., b_out]
             total += 2.0 * out * float(np.prod(body.type_of(n.inputs[1]).shape[1:-1]))
         elif n.op == "winograd_gemm":  # [36, C/b, b, K] weights: a C-long dot per output
             u = body.type_of(n.inputs[1]).shape

@@ -130,7 +130,7 @@ def _from_nchwc(inputs, attrs, out_type):
 
 @lowering("conv2d_nchwc")
 def _conv2d_nchwc(inputs, attrs, out_type):
-    """Output [N, O/b, OH, OW, b] from NCHW or NCHWc input; weight layouts in ops.py."""
+    """Output [N, O/b, OH, OW, b] from NCHW or NCHWc input; weight layouts in ops_conv.py."""
     x, w = inputs[0], inputs[1]
     (sh, sw), (dh, dw) = attrs["strides"], attrs["dilations"]
     kh, kw = (int(d) for d in (w.shape[1:3] if attrs.get("depthwise") else w.shape[2:4]))

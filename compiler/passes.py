@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 
 from .ir import Graph, Node, TensorType, values_read
-from .ops import BINARY, UNARY, evaluate, pack_conv_weight
+from .ops import BINARY, UNARY, evaluate
+from .ops_conv import pack_conv_weight
 
 FOLD_LIMIT = 1 << 26  # elements: bigger constant results stay as run-time nodes
 

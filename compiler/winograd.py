@@ -76,7 +76,7 @@ def tile_for(x_shape: tuple[int, ...], w_shape: tuple[int, ...], attrs: dict, ou
     return 0
 
 
-# --------------------------------------------------------------------------- numpy semantics (ops.py)
+# --------------------------------------------------------------------------- numpy semantics (ops_conv.py)
 def input_eval(x: np.ndarray, bt: np.ndarray) -> np.ndarray:
     _, cb, h, w, blk = x.shape
     a = bt.shape[0]

@@ -11,7 +11,7 @@ import tilecraft.api  # noqa: F401
 from tilecraft.compiler.interpret import run_graph
 from tilecraft.compiler.ir import Graph, TensorType, verify
 from tilecraft.compiler.layout import to_nchwc
-from tilecraft.compiler.ops import from_blocked, to_blocked
+from tilecraft.compiler.ops_conv import from_blocked, to_blocked
 from tilecraft.compiler.pipeline import optimize
 from tilecraft.frontends.builder import GraphBuilder
 

@@ -21,7 +21,7 @@ from tilecraft.compiler.passes import (
     pack_weights,
     simplify,
 )
-from tilecraft.compiler.ops import unpack_conv_weight
+from tilecraft.compiler.ops_conv import unpack_conv_weight
 from tilecraft.compiler.pipeline import PIPELINE, optimize
 from tilecraft.errors import GraphError, ShapeError
 from tilecraft.frontends.builder import GraphBuilder

@@ -18,7 +18,7 @@ from tvm.s_tir import Schedule, Trace
 
 from tilecraft.compiler.ir import TensorType
 from tilecraft.compiler.lower_ops import LOWER
-from tilecraft.compiler.ops import unpack_conv_weight
+from tilecraft.compiler.ops_conv import unpack_conv_weight
 from tilecraft.compiler.task import Task, workload_key
 from tilecraft.search.default_schedule import default_schedule, simple_schedule
 from tilecraft.search.measure_types import Candidate

@@ -13,7 +13,8 @@ from tilecraft.compiler import winograd
 from tilecraft.compiler.interpret import run_graph
 from tilecraft.compiler.ir import Graph, TensorType, verify
 from tilecraft.compiler.layout import to_nchwc
-from tilecraft.compiler.ops import evaluate, from_blocked, infer_type, to_blocked
+from tilecraft.compiler.ops import evaluate, infer_type
+from tilecraft.compiler.ops_conv import from_blocked, to_blocked
 from tilecraft.compiler.pipeline import optimize
 from tilecraft.errors import ShapeError
 from tilecraft.frontends.builder import GraphBuilder
