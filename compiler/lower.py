@@ -61,10 +61,11 @@ def _flops(body: Graph) -> float:
         elif n.op == "winograd_gemm":  # [36, C/b, b, K] weights: a C-long dot per output
             u = body.type_of(n.inputs[1]).shape
             total += 2.0 * out * u[1] * u[2]
-        elif n.op == "winograd_input":  # two 6-term passes: 12 multiply-adds per transformed value
-            total += 2.0 * out * 12
-        elif n.op == "winograd_output":  # (4*6*6 + 4*4*6) / 16 = 15 multiply-adds per output
-            total += 2.0 * out * 15
+        elif n.op == "winograd_input":  # two a-term passes (B^T is [a, a]): 2a multiply-adds per value
+            total += 2.0 * out * 2 * body.type_of(n.inputs[1]).shape[0]
+        elif n.op == "winograd_output":  # A^T [m, a]: (m*a*a + m*m*a) / (m*m) multiply-adds per output
+            m, a = body.type_of(n.inputs[1]).shape
+            total += 2.0 * out * a * (a + m) / m
         elif n.op == "attention":
             q, v = body.type_of(n.inputs[0]), body.type_of(n.inputs[2])
             sk = v.shape[-2]

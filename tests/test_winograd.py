@@ -119,3 +119,6 @@ def test_flops_count_the_transforms_and_the_products(any_map_size):
     tiles = 2 * 2
     assert by_op["winograd_gemm"] == 2 * tiles * 36 * 16 * 16  # 36 products per tile and channel pair
     assert by_op["winograd_input"] == 2 * tiles * 36 * 16 * 12
+    optimized = optimize(block_graph(channels=16, size=6), weight_block=16, nchwc_block=16)  # F(2x2): 4x4 patches
+    by_op = {n.op: _flops(f.attr("body")) for f in optimized.nodes for n in f.attr("body").nodes if "winograd" in n.op}
+    assert by_op["winograd_input"] == 2 * 9 * 16 * 16 * 8  # 9 tiles, 16 values each, two 4-term passes
