@@ -6,6 +6,8 @@ database when --db is given) vs ONNX Runtime and PyTorch eager, measured in the 
 A database spec may name the layout its tasks were tuned for (`resnet18=r.db@NCHW`, tilecraft's
 `--layout`; default auto), and `+direct` for 3x3 convs without Winograd (`r.db@NCHWc+direct`,
 `--no-winograd`); a model given several specs gets one tuned build each, all in the same rounds.
+A spec naming an exported module (`gpt2_2layer=old.so`) times that module as it is: a build of
+another tilecraft version (`tune --trials 0 --db ... -o old.so` in its checkout) against this one's.
 """
 
 from __future__ import annotations
@@ -115,7 +117,10 @@ def main() -> None:
             ("tuned" if layout == "auto" else f"tuned@{layout}", db, layout) for db, layout in databases.get(name, [])]
         for label, db, layout in builds:
             layout, _, direct = layout.partition("+")
-            module = tc.compile(graph, target="llvm", database=db, layout=layout, winograd=direct != "direct")
+            if db is not None and db.endswith(".so"):
+                label, module = f"module {Path(db).name}", tc.Module.load(db)
+            else:
+                module = tc.compile(graph, target="llvm", database=db, layout=layout, winograd=direct != "direct")
             out = module.run(feeds)
             errors[label] = max(float(np.abs(out[o] - r).max() / max(np.abs(r).max(), 1e-6)) for o, r in zip(module.output_names, ref))
             args_ = module._arguments(feeds)
