@@ -89,7 +89,7 @@ def prepare(model, *, target: "str | Target" = "llvm", no_fuse: Iterable[str] = 
             input_shapes: dict[str, tuple[int, ...]] | None = None, example_inputs: tuple | None = None,
             layout: str = "auto", winograd: bool = True) -> Prepared:
     """The optimized graph and its tasks.  `winograd`: 3x3 convs on large NCHWc maps as Winograd
-    F(4x4, 3x3) kernels (compiler/winograd.py; x86 in the NCHWc layout only)."""
+    F(4x4, 3x3) or F(2x2, 3x3) kernels (compiler/winograd.py; x86 in the NCHWc layout only)."""
     graph = load_model(model, input_shapes=input_shapes, example_inputs=example_inputs)
     tgt = resolve_target(target)
     unknown = set(no_fuse) - set(FUSIONS)

@@ -46,7 +46,7 @@ def _tune_parser() -> argparse.ArgumentParser:
                    help="feature maps between convs: NCHWc (channel-blocked) where conv weights are packed (x86), "
                         "else NCHW (auto); or NCHW everywhere")
     p.add_argument("--no-winograd", action="store_true",
-                   help="keep 3x3 convs direct (default: Winograd F(4x4, 3x3) on large NCHWc maps)")
+                   help="keep 3x3 convs direct (default: Winograd F(4x4, 3x3) or F(2x2, 3x3) on large NCHWc maps)")
     p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="measure on devices registered at this TVM RPC tracker")
     p.add_argument("--rpc-key", default=None, help="device key at the RPC tracker")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop tuning after this long")

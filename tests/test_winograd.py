@@ -1,4 +1,4 @@
-"""Winograd F(4x4, 3x3) convs (compiler/winograd.py): the transforms' numpy semantics against a
+"""Winograd F(4x4, 3x3) and F(2x2, 3x3) convs (compiler/winograd.py): the transforms' numpy semantics against a
 direct conv, which convs compiler/layout.py rewrites, and the compiled kernels against the NCHW
 graph."""
 
