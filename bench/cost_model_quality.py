@@ -5,7 +5,8 @@
     python bench/cost_model_quality.py --per-task 100  # a smaller dataset (a quick look)
     python bench/cost_model_quality.py --records-from bench/work/v2/tuned.db ... --out bench/cost_model_search.md
                                                        # the candidates tuning runs measured instead (no measuring;
-                                                       # --remeasure-rounds 3: a less noisy truth for some of them)
+                                                       # --remeasure-rounds 3: a less noisy truth for some of them;
+                                                       # --truth min: a candidate's cost is its fastest repeat)
 
 Dataset: random sampled candidates (`search.sampling.sample_candidates`) of a 1024^3 matmul,
 ResNet-18's distinct 3x3/1x1 conv tasks, a dense layer (128x768x768 + bias + relu) and
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import sys
@@ -222,14 +224,27 @@ def load_dataset(tasks, target, db) -> list[tuple]:
     return out
 
 
-def load_tuning_records(paths: list[str], target, *, min_records: int) -> list[tuple]:
+TRUTHS = ("mean", "min")  # which statistic of a candidate's timed repeats is its cost
+
+
+def cost_by(result, truth: str) -> float:
+    """The cost of a measurement under `truth`: the mean of its repeats (what the tuner records) or
+    their minimum (the run least disturbed by the rest of the host); inf for a failure."""
+    from tilecraft.cost_model.base import cost_of
+
+    cost = cost_of(result)
+    return float(min(result.costs)) if truth == "min" and np.isfinite(cost) and result.costs else cost
+
+
+def load_tuning_records(paths: list[str], target, *, min_records: int, truth: str = "mean",
+                        timestamps: dict | None = None) -> list[tuple]:
     """The dataset of `load_dataset` from tuning databases: every workload of `target` with at least
     `min_records` distinct measured candidates (a workload in several databases is one task; a
     candidate measured in several keeps its first measurement, so no trace is in both a train and a
     test split).  These are the candidates a search chose to measure (evolved from the best,
     cost-model ranked, plus its epsilon-greedy random share), so they crowd near the best: the
-    distribution the model ranks during tuning, and a harder one than uniform random."""
-    from tilecraft.cost_model.base import cost_of
+    distribution the model ranks during tuning, and a harder one than uniform random.  `timestamps`, if
+    given, receives {workload key: when each kept candidate was measured (seconds)}."""
     from tilecraft.search.database import Database, trace_hash
 
     tasks, records = {}, {}
@@ -248,8 +263,10 @@ def load_tuning_records(paths: list[str], target, *, min_records: int) -> list[t
     for key, entry in tasks.items():
         kept = list(records[key].values())
         if len(kept) >= min_records:
-            costs = np.asarray([cost_of(r.result) for r in kept])
+            costs = np.asarray([cost_by(r.result, truth) for r in kept])
             out.append((entry.to_task(), [r.candidate for r in kept], costs, [r.result.costs for r in kept]))
+            if timestamps is not None:
+                timestamps[key] = np.asarray([r.result.timestamp for r in kept])
     return out
 
 
@@ -324,7 +341,7 @@ def evaluate_remeasured(data, factories, remeasured: dict) -> tuple[dict, dict, 
 
 
 def search_report(*, data, seen, seen_tasks, unseen, ceiling, paths, command: str, seconds: float,
-                  remeasured: tuple | None = None) -> str:
+                  remeasured: tuple | None = None, breakdown: tuple = ([], []), truth: str = "mean") -> str:
     """The report of --records-from: splits (a) and (b) on tuning records, with their repeat-noise ceiling."""
     from tilecraft.cost_model.xgb_model import XGBConfig
 
@@ -339,6 +356,8 @@ def search_report(*, data, seen, seen_tasks, unseen, ceiling, paths, command: st
         + ("; measuring only for (a''), into `bench/work/`, reused by a re-run)" if remeasured else "; no measuring)"),
         "- dataset: every workload with enough records; the candidates the evolutionary search chose to",
         "  measure (near the best, plus its random share), measured over several tuning sessions",
+        f"- a candidate's cost: the {truth} of its timed repeats"
+        + (" (what the tuner records)" if truth == "mean" else " (the tuner records the mean)"),
         "",
         "## Summary",
         "",
@@ -358,6 +377,7 @@ def search_report(*, data, seen, seen_tasks, unseen, ceiling, paths, command: st
         _metrics_table(unseen),
         "",
         *(_remeasured_section(*remeasured) if remeasured else []),
+        *(_breakdown_section(*breakdown, truth) if breakdown[0] else []),
         "## Per task",
         "",
         _table(["task", "workload", "candidates", "failed", "best GFLOP/s", "median / best", "repeats agree",
@@ -371,6 +391,93 @@ def search_report(*, data, seen, seen_tasks, unseen, ceiling, paths, command: st
         "",
     ]
     return "\n".join(out)
+
+
+RATIO_EDGES = (1.0, 1.02, 1.05, 1.1, 1.2, 1.5, math.inf)
+GAP_EDGES = (0.0, 30.0, 120.0, 600.0, 1800.0, math.inf)  # seconds between the two measurements
+
+
+def _pair_arrays(scores, costs, repeats, stamps, rng, truth: str):
+    """Over the pairs of one test set with different true throughput: whether the model orders them like
+    the measurement, whether two halves of the measurement's own repeats do, the throughput ratio and
+    the time between the two measurements."""
+    from tilecraft.cost_model.base import normalized_throughput
+
+    y = normalized_throughput(costs)
+    stat = np.min if truth == "min" else np.mean
+    half_a, half_b = np.zeros(len(y)), np.zeros(len(y))
+    for n, reps in enumerate(repeats):
+        if y[n] > 0 and len(reps) >= 2:
+            order = rng.permutation(len(reps))
+            half_a[n] = 1 / stat(np.asarray(reps)[order[: len(reps) // 2]])
+            half_b[n] = 1 / stat(np.asarray(reps)[order[len(reps) // 2:]])
+        else:
+            half_a[n] = half_b[n] = y[n]
+    i, j = np.triu_indices(len(y), 1)
+    differ = y[i] != y[j]
+    i, j = i[differ], j[differ]
+
+    def agree(a, b):
+        sign = np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])
+        return np.where(sign == 0, 0.5, sign > 0)
+
+    def apart(a):
+        return np.maximum(a[i], a[j]) / np.maximum(np.minimum(a[i], a[j]), 1e-300)
+
+    # the halves' column is banded by half a alone (split-half): banding it by the whole measurement,
+    # of which both halves are part, would make them disagree on the close pairs by construction
+    return agree(scores, y), apart(y), agree(half_a, half_b), apart(half_a), np.abs(stamps[i] - stamps[j])
+
+
+def error_breakdown(data, kept, timestamps: dict, *, truth: str, seed: int = 0) -> tuple[list, list]:
+    """Where the model's order differs from the measurement's, over split (a)'s test pairs (each task
+    weighted equally, as in the headline number).  Returns the rows of two tables:
+    by throughput ratio:  [bucket, share of pairs, model accuracy, halves of the repeats agree]
+    by time apart (pairs 1.1-1.5x apart): [bucket, share of those pairs, model accuracy]."""
+    rng = np.random.default_rng(seed)
+    by_ratio = np.zeros((len(RATIO_EDGES) - 1, 4))
+    by_gap = np.zeros((len(GAP_EDGES) - 1, 2))
+    for index, test, scores in kept:
+        task, _, costs, repeats = data[index]
+        model, ratio, halves, halves_ratio, gap = _pair_arrays(np.asarray(scores), costs[test], [repeats[t] for t in test],
+                                                 timestamps[task.workload_key][test], rng, truth)
+        if not len(model):
+            continue
+        weight = 1.0 / len(model)
+        for b, (lo, hi) in enumerate(zip(RATIO_EDGES, RATIO_EDGES[1:])):
+            m = (ratio >= lo) & (ratio < hi)
+            h = (halves_ratio >= lo) & (halves_ratio < hi)
+            by_ratio[b] += [m.sum() * weight, model[m].sum() * weight, h.sum() * weight, halves[h].sum() * weight]
+        mid = (ratio >= 1.1) & (ratio < 1.5)
+        for b, (lo, hi) in enumerate(zip(GAP_EDGES, GAP_EDGES[1:])):
+            m = mid & (gap >= lo) & (gap < hi)
+            by_gap[b] += [m.sum() * weight, model[m].sum() * weight]
+    name = lambda lo, hi, unit="": f"{lo:g}{unit} - {hi:g}{unit}" if math.isfinite(hi) else f">= {lo:g}{unit}"
+    ratio_rows = [[name(lo, hi, "x"), n / by_ratio[:, 0].sum(), a / n, h / nh if nh else float("nan")]
+                  for (lo, hi), (n, a, nh, h) in zip(zip(RATIO_EDGES, RATIO_EDGES[1:]), by_ratio) if n]
+    gap_rows = [[name(lo, hi, " s"), n / by_gap[:, 0].sum(), a / n]
+                for (lo, hi), (n, a) in zip(zip(GAP_EDGES, GAP_EDGES[1:]), by_gap) if n]
+    return ratio_rows, gap_rows
+
+
+def _breakdown_section(ratio_rows, gap_rows, truth: str) -> list[str]:
+    return [
+        "## Where the model and the measurement disagree (split (a), the default model)",
+        "",
+        f"Test pairs by how far apart their measured throughputs are ({truth} of the repeats), with the",
+        "share of pairs in each band (tasks weighted equally) and the model's accuracy; beside them, how often",
+        "the second half of each measurement's timed repeats orders a pair like the first half, for the pairs",
+        "that the first half puts in the band (the noise within one measurement; from one measurement to the",
+        "next, seconds or hours later, it is larger, see RESULTS.md):",
+        "",
+        _table(["apart", "share of pairs", "model", "repeat halves agree"], ratio_rows),
+        "",
+        "Pairs 1.1-1.5x apart, by the time between their two measurements (candidates measured close together",
+        "are mostly mutants of one parent, alike in structure; far apart, from different stages of the search):",
+        "",
+        _table(["measured apart", "share", "model"], gap_rows),
+        "",
+    ]
 
 
 def noise_ceiling(costs: np.ndarray, repeats, rng) -> float:
@@ -468,9 +575,10 @@ def _retrain(model) -> None:
         model.retrain()
 
 
-def evaluate_seen(data, factories, *, seeds: int = 3) -> tuple[dict, dict]:
+def evaluate_seen(data, factories, *, seeds: int = 3, keep: str | None = None, kept: list | None = None) -> tuple[dict, dict]:
     """(a) 70/30 split of every task; train on all tasks' 70 %. Returns {model: {metric: mean}},
-    {model: {workload key: pairwise}}."""
+    {model: {workload key: pairwise}}.  For model `keep`, appends (task index, test indices, scores)
+    of every split to `kept`."""
     from tilecraft.cost_model.base import normalized_throughput
 
     table, per_task = {}, {}
@@ -487,9 +595,12 @@ def evaluate_seen(data, factories, *, seeds: int = 3) -> tuple[dict, dict]:
                 train_batch = (task, [cands[i] for i in order[:cut]], _results(costs[order[:cut]]))
                 _add(model, *train_batch)
             _retrain(model)
-            for (task, cands, costs, _), (_, _, test) in zip(data, splits):
+            for index, ((task, cands, costs, _), (_, _, test)) in enumerate(zip(data, splits)):
                 truth = normalized_throughput(costs[test])
-                m = metrics(model.predict(task, [cands[i] for i in test]), truth)
+                scores = model.predict(task, [cands[i] for i in test])
+                if name == keep and kept is not None:
+                    kept.append((index, test, scores))
+                m = metrics(scores, truth)
                 rows.append(m)
                 tasks_pw.setdefault(task.workload_key, []).append(m["pairwise"])
         table[name] = {k: float(np.nanmean([r[k] for r in rows])) for k in METRICS}
@@ -727,6 +838,8 @@ def main(argv=None) -> int:
     parser.add_argument("--min-records", type=int, default=150)
     parser.add_argument("--remeasure-rounds", type=int, default=0, help="--records-from: re-measure test candidates "
                         "this many more times (into bench/work/<OUT's stem>.remeasured.db) for a less noisy truth")
+    parser.add_argument("--truth", choices=TRUTHS, default="mean", help="--records-from: a candidate's cost is this "
+                        "statistic of its timed repeats (labels for training and truth for testing)")
     parser.add_argument("--remeasure-tasks", type=int, default=12)
     parser.add_argument("--remeasure-per-task", type=int, default=32)
     args = parser.parse_args(argv)
@@ -803,7 +916,9 @@ def main_tuning_records(args, argv, started: float) -> int:
     from tilecraft.targets.base import resolve_target
 
     target = resolve_target("llvm")
-    data = load_tuning_records(args.records_from, target, min_records=args.min_records)
+    timestamps: dict = {}
+    data = load_tuning_records(args.records_from, target, min_records=args.min_records, truth=args.truth,
+                               timestamps=timestamps)
     if not data:
         sys.exit(f"cost_model_quality.py: no workload of {target.key} with >= {args.min_records} records in {args.records_from}")
     print(f"dataset: {len(data)} tasks, {sum(len(c) for _, c, _, _ in data)} candidates", flush=True)
@@ -811,7 +926,8 @@ def main_tuning_records(args, argv, started: float) -> int:
     ceiling = {t.workload_key: noise_ceiling(k, reps, rng) for t, _, k, reps in data}
     extractor = FeatureExtractor(target)
     factories = {k: v for k, v in make_models(target, extractor, peer=False).items() if k != "XGB-regression"}
-    seen, seen_tasks = evaluate_seen(data, factories)
+    kept: list = []
+    seen, seen_tasks = evaluate_seen(data, factories, keep="XGB-rank", kept=kept)
     print("seen:", seen, flush=True)
     unseen, _ = evaluate_unseen(data, factories)
     print("unseen:", unseen, flush=True)
@@ -829,7 +945,8 @@ def main_tuning_records(args, argv, started: float) -> int:
     command = "python bench/cost_model_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = search_report(data=data, seen=seen, seen_tasks=seen_tasks, unseen=unseen, ceiling=ceiling,
                          paths=args.records_from, command=command.strip(), seconds=time.time() - started,
-                         remeasured=remeasured)
+                         remeasured=remeasured, truth=args.truth,
+                         breakdown=error_breakdown(data, kept, timestamps, truth=args.truth))
     Path(args.out).write_text(text)
     print(text)
     return 0

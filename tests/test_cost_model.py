@@ -241,3 +241,32 @@ def test_pretrain_from_database(task, grid, tmp_path):
     empty = XGBCostModel(LLVM)
     assert empty.pretrain_from_database(db, "no-such-target") == 0 and not empty.trained
     db.close()
+
+
+def test_quality_report_error_breakdown_bands_pairs_by_ratio_and_time():
+    """bench/cost_model_quality.py's breakdown: a model that orders like the measurement scores 1 in every
+    band, a reversed one 0, and the bands' shares sum to 1; --truth min takes the fastest repeat."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import cost_model_quality as quality
+
+    costs = np.asarray([1.0, 1.01, 1.04, 1.08, 1.15, 1.3, 2.0, 4.0])
+    repeats = [(c, c, c) for c in costs]
+    stamps = np.arange(len(costs)) * 100.0
+    task = SimpleNamespace(workload_key="w")
+    data = [(task, [], costs, repeats)]
+    test = np.arange(len(costs))
+    for scores, expected in ((1 / costs, 1.0), (costs, 0.0)):
+        ratio_rows, gap_rows = quality.error_breakdown(data, [(0, test, scores)], {"w": stamps}, truth="mean")
+        assert [row[2] for row in ratio_rows] == [expected] * len(ratio_rows)
+        assert [row[3] for row in ratio_rows] == [1.0] * len(ratio_rows)  # equal repeats: halves always agree
+        assert math.isclose(sum(row[1] for row in ratio_rows), 1.0)
+        assert math.isclose(sum(row[1] for row in gap_rows), 1.0)
+        assert [row[2] for row in gap_rows] == [expected] * len(gap_rows)
+    assert len(ratio_rows) == len(quality.RATIO_EDGES) - 1  # each band holds at least one pair here
+    ok = MeasureResult((3.0, 1.0, 2.0))
+    assert quality.cost_by(ok, "mean") == 2.0 and quality.cost_by(ok, "min") == 1.0
+    assert quality.cost_by(MeasureResult.failure(ErrorKind.RUN, "x"), "min") == math.inf
