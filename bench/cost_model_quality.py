@@ -164,14 +164,19 @@ def test_retest_agreement(task, target, db, retest_db) -> tuple[int, float]:
 
 
 # --------------------------------------------------------------------------- metrics
+def pair_agreement(scores: np.ndarray, truth: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Per pair (i, j): 1 if the scores order it as the truth does, 0 if the other way, 1/2 for a score tie."""
+    sign = np.sign(scores[i] - scores[j]) * np.sign(truth[i] - truth[j])
+    return np.where(sign == 0, 0.5, sign > 0)
+
+
 def pairwise_accuracy(scores: np.ndarray, truth: np.ndarray) -> float:
     """Fraction of pairs with different true throughput that the scores order the same way (score ties: 1/2)."""
     i, j = np.triu_indices(len(truth), 1)
     keep = truth[i] != truth[j]
     if not keep.any():
         return float("nan")
-    agree = np.sign(scores[i] - scores[j])[keep] * np.sign(truth[i] - truth[j])[keep]
-    return float(np.mean(np.where(agree == 0, 0.5, agree > 0)))
+    return float(np.mean(pair_agreement(scores, truth, i[keep], j[keep])))
 
 
 def top_k_recall(scores: np.ndarray, truth: np.ndarray, k: int) -> float:
@@ -196,8 +201,7 @@ def pairwise_accuracy_margin(scores: np.ndarray, truth: np.ndarray, margin: floa
     keep = (hi > margin * lo) & (hi > 0)
     if not keep.any():
         return float("nan")
-    agree = np.sign(scores[i] - scores[j])[keep] * np.sign(truth[i] - truth[j])[keep]
-    return float(np.mean(np.where(agree == 0, 0.5, agree > 0)))
+    return float(np.mean(pair_agreement(scores, truth, i[keep], j[keep])))
 
 
 METRICS = ("pairwise", "recall@1", "recall@5", "recall@10", "best@10", "pairwise >10% apart")
@@ -398,9 +402,9 @@ GAP_EDGES = (0.0, 30.0, 120.0, 600.0, 1800.0, math.inf)  # seconds between the t
 
 
 def _pair_arrays(scores, costs, repeats, stamps, rng, truth: str):
-    """Over the pairs of one test set with different true throughput: whether the model orders them like
-    the measurement, whether two halves of the measurement's own repeats do, the throughput ratio and
-    the time between the two measurements."""
+    """Over the pairs of one test set with different measured throughput: whether the model orders each
+    like the measurement, and their throughput ratio; whether two halves of the measurement's own repeats
+    order it alike, and the ratio by the first half; the time between the pair's two measurements."""
     from tilecraft.cost_model.base import normalized_throughput
 
     y = normalized_throughput(costs)
@@ -417,16 +421,13 @@ def _pair_arrays(scores, costs, repeats, stamps, rng, truth: str):
     differ = y[i] != y[j]
     i, j = i[differ], j[differ]
 
-    def agree(a, b):
-        sign = np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])
-        return np.where(sign == 0, 0.5, sign > 0)
-
     def apart(a):
         return np.maximum(a[i], a[j]) / np.maximum(np.minimum(a[i], a[j]), 1e-300)
 
     # the halves' column is banded by half a alone (split-half): banding it by the whole measurement,
     # of which both halves are part, would make them disagree on the close pairs by construction
-    return agree(scores, y), apart(y), agree(half_a, half_b), apart(half_a), np.abs(stamps[i] - stamps[j])
+    return (pair_agreement(scores, y, i, j), apart(y), pair_agreement(half_a, half_b, i, j), apart(half_a),
+            np.abs(stamps[i] - stamps[j]))
 
 
 def error_breakdown(data, kept, timestamps: dict, *, truth: str, seed: int = 0) -> tuple[list, list]:

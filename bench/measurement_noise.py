@@ -44,19 +44,25 @@ def main(argv=None) -> int:
 
     import tvm
 
+    from tilecraft.errors import TilecraftError
     from tilecraft.search.database import Database
     from tilecraft.search.measure import RunnerConfig
     from tilecraft.search.runner import _timing, arg_specs, measure_module
     from tilecraft.targets.base import resolve_target
 
     target = resolve_target("llvm")
-    with Database(args.db, create=False) as db:
+    try:
+        db = Database(args.db, create=False)
+    except TilecraftError as e:
+        sys.exit(f"measurement_noise.py: {e}")
+    with db:
         keys = [w.workload_key for w in db.workloads() if w.task_name == args.task and w.target_key == target.key]
         if not keys:
             sys.exit(f"measurement_noise.py: no workload named {args.task!r} for llvm in {args.db}")
         task = db.workload(keys[0]).to_task()
         top = db.best(keys[0], target.key, k=4 * args.candidates)
-    records = top[:: max(len(top) // args.candidates, 1)][: args.candidates]
+    step = max(len(top) // args.candidates, 1)  # spread the picks over the top records
+    records = top[::step][: args.candidates]
     if len(records) < 2:
         sys.exit(f"measurement_noise.py: {args.task} has {len(top)} successful records; need 2 or more")
     dev, specs, config = tvm.cpu(), arg_specs(task), _timing(RunnerConfig())
@@ -97,7 +103,7 @@ def main(argv=None) -> int:
         "",
         "| candidate (record rank) | mean of the rounds µs | min / max of the rounds µs | within one measurement (CV of its mean) | between measurements (CV) |",
         "|---|---|---|---|---|",
-        *[f"| {n * max(len(top) // args.candidates, 1) + 1} | {m.mean() * 1e6:.1f} | {m.min() * 1e6:.1f} / {m.max() * 1e6:.1f} "
+        *[f"| {n * step + 1} | {m.mean() * 1e6:.1f} | {m.min() * 1e6:.1f} / {m.max() * 1e6:.1f} "
           f"| {w:.3f} | {b:.3f} |" for n, (m, w, b) in enumerate(zip(means, within, between))],
         "",
         f"Pairs ordered alike by two halves of one measurement's repeats: **{np.mean(halves):.3f}**; "
