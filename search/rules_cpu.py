@@ -143,8 +143,41 @@ def _mlt_apply(sch: Schedule, block: str, ctx: SketchContext, variant: str) -> N
     sch.reorder(*s0, *s1, *r0, *s2, *r1, *s3)
     if variant == "fused":
         consumer = _fusible_consumer(sch, block)
-        if consumer is not None:  # computed once per S1 tile, while the tile is in cache
+        if consumer is not None and _iterate_like_producer(sch, block, consumer):
+            # computed once per S1 tile, while the tile is in cache
             sch.reverse_compute_at(sch.get_sblock(consumer), s1[-1], preserve_unit_loops=True)
+
+
+def _iterate_like_producer(sch: Schedule, block: str, consumer: str) -> bool:
+    """Make the consumer iterate over the indices at which it reads `block`'s output.
+
+    reverse_compute_at gives the consumer the bounding box of the tile's output, in the
+    consumer's own iteration space, and does not check that the box reads only the tile: a blocked
+    matmul's output read as C[i, j // 16, j % 16] by a 1-D-column epilogue spans more columns than a
+    tile that splits the 16 lanes, so it read columns no tile had computed yet (half of the fused
+    dense candidates gave wrong results; the runner's check rejected them).  Remapping the
+    consumer's iteration to (i, j // 16, j % 16) makes the box exactly the tile.  False when the
+    read is not a one-to-one map (then the consumer is not fused).
+    """
+    rv = sch.get_sblock(consumer)
+    stmt = stmt_of(sch, rv)
+    produced = stmt_of(sch, sch.get_sblock(block)).writes[0].source
+    reads = [r for r in stmt.reads if r.source.same_as(produced)]
+    if len(reads) != 1 or any(not _is_one(r.extent) for r in reads[0].region):
+        return False
+    indices = [r.min for r in reads[0].region]
+    ivars = [iv.var for iv in stmt.iter_vars]
+    if len(indices) == len(ivars) and all(i.same_as(v) for i, v in zip(indices, ivars)):
+        return True
+    try:
+        sch.transform_block_layout(rv, tvm.tirx.IndexMap(ivars, indices, None))
+    except tvm.error.TVMError:  # not bijective (a broadcast read)
+        return False
+    return True
+
+
+def _is_one(expr) -> bool:
+    return isinstance(expr, tvm.tirx.IntImm) and int(expr) == 1
 
 
 register_rule(Rule("multi_level_tiling_cpu", _mlt_condition, _mlt_apply, variants=_mlt_variants, priority=30))
