@@ -26,6 +26,8 @@ Metrics, per task, then averaged over tasks (a candidate's throughput is flops/c
                      model's top k would get).
 Splits: (a) seen tasks: a random 70/30 split of each task's candidates, train on all tasks' 70%;
         (b) unseen tasks: leave one task out, train on all others, test on all of its candidates.
+        (a) is repeated with each task's training part cut to 25, 50, 100, ... candidates: a learning
+        curve that says whether more measurements would still raise the accuracy.
 """
 
 from __future__ import annotations
@@ -347,9 +349,7 @@ def evaluate_remeasured(data, factories, remeasured: dict) -> tuple[dict, dict, 
 def search_report(*, data, seen, seen_tasks, unseen, ceiling, paths, command: str, seconds: float,
                   remeasured: tuple | None = None, breakdown: tuple = ([], []), truth: str = "mean") -> str:
     """The report of --records-from: splits (a) and (b) on tuning records, with their repeat-noise ceiling."""
-    from tilecraft.cost_model.xgb_model import XGBConfig
-
-    default = "XGB-rank" if XGBConfig().objective == "rank" else "XGB-regression"
+    default = default_model()
     mean_ceiling = float(np.nanmean(list(ceiling.values())))
     out = [
         "# Cost-model quality on the candidates tuning runs measured",
@@ -609,6 +609,35 @@ def evaluate_seen(data, factories, *, seeds: int = 3, keep: str | None = None, k
     return table, per_task
 
 
+CURVE_SIZES = (25, 50, 100, 200, 400)  # training candidates per task for the learning curve
+
+
+def evaluate_learning_curve(data, factory, *, sizes=CURVE_SIZES, seeds: int = 3) -> list[tuple[float, float, float]]:
+    """(a) with less training data: the same 70/30 splits as `evaluate_seen`, each task's 70 % cut
+    to its first n candidates.  Does more data still help, or has the model stopped?  Returns
+    (mean training candidates per task, pairwise, recall@10) for each n, then for all of the 70 %."""
+    from tilecraft.cost_model.base import normalized_throughput
+
+    largest = max(int(0.7 * len(c)) for _, c, _, _ in data)
+    out = []
+    for n in [*(n for n in sizes if n < largest), None]:
+        rows, used = [], []
+        for seed in range(seeds):
+            rng, model, tests = np.random.default_rng(seed), factory(), []
+            for task, cands, costs, _ in data:
+                order = rng.permutation(len(cands))
+                cut = int(0.7 * len(cands))
+                train = order[: cut if n is None else min(n, cut)]
+                used.append(len(train))
+                _add(model, task, [cands[i] for i in train], _results(costs[train]))
+                tests.append((task, [cands[i] for i in order[cut:]], normalized_throughput(costs[order[cut:]])))
+            _retrain(model)
+            rows += [metrics(model.predict(task, cands), truth) for task, cands, truth in tests]
+        out.append((float(np.mean(used)), float(np.nanmean([r["pairwise"] for r in rows])),
+                    float(np.nanmean([r["recall@10"] for r in rows]))))
+    return out
+
+
 def evaluate_retested(data, factories, sessions_costs) -> dict:
     """(a') like (a), but the test set is each task's re-measured candidates and their truth the geometric
     mean of both sessions (less noisy); training uses every other candidate of every task."""
@@ -721,11 +750,15 @@ def _metrics_table(by_model: dict) -> str:
     return _table(["model", *METRICS], [[m, *[v[k] for k in METRICS]] for m, v in by_model.items()])
 
 
-def summary(*, seen, retested, unseen, sessions) -> list[str]:
+def default_model() -> str:
     from tilecraft.cost_model.xgb_model import XGBConfig
 
+    return "XGB-rank" if XGBConfig().objective == "rank" else "XGB-regression"
+
+
+def summary(*, seen, retested, unseen, sessions) -> list[str]:
     ceiling = float(np.nanmean([v[1] for v in sessions.values()]))
-    default = "XGB-rank" if XGBConfig().objective == "rank" else "XGB-regression"
+    default = default_model()
     other = "XGB-regression" if default == "XGB-rank" else "XGB-rank"
     peer = [m for m in seen if "peer" in m]
     lines = [
@@ -744,8 +777,8 @@ def summary(*, seen, retested, unseen, sessions) -> list[str]:
     return lines
 
 
-def report(*, data, sessions, seen, retested, seen_tasks, unseen, unseen_tasks, feat_speed, overall_speed, train_speed, ceiling,
-           command: str, seconds: float) -> str:
+def report(*, data, sessions, seen, retested, seen_tasks, unseen, unseen_tasks, curve, feat_speed, overall_speed, train_speed,
+           ceiling, command: str, seconds: float) -> str:
     from tilecraft.cost_model.features import NUM_FEATURES
 
     out = [
@@ -778,6 +811,11 @@ def report(*, data, sessions, seen, retested, seen_tasks, unseen, unseen_tasks, 
         "## (a) Unseen candidates of seen tasks (70/30 split per task, mean of 3 splits, averaged over tasks)",
         "",
         _metrics_table(seen),
+        "",
+        f"### (a) with less training data ({default_model()}, the same splits, each task's 70 % cut to n candidates)",
+        "",
+        _table(["training candidates per task (mean)", "pairwise", "recall@10"],
+               [[round(n), p, r] for n, p, r in curve]),
         "",
         "## (a') The same, tested on the re-measured candidates against both sessions' geometric mean",
         "",
@@ -886,11 +924,13 @@ def main(argv=None) -> int:
     print("unseen:", unseen, flush=True)
     retested = evaluate_retested(data, factories, second)
     print("retested:", retested, flush=True)
+    curve = evaluate_learning_curve(data, factories[default_model()])
+    print("learning curve:", curve, flush=True)
     train_speed = training_speed(data, target, extractor)
 
     command = "python bench/cost_model_quality.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     text = report(data=data, sessions=sessions, seen=seen, retested=retested, seen_tasks=seen_tasks, unseen=unseen, unseen_tasks=unseen_tasks,
-                  feat_speed=feat_speed, overall_speed=overall, train_speed=train_speed, ceiling=ceiling,
+                  curve=curve, feat_speed=feat_speed, overall_speed=overall, train_speed=train_speed, ceiling=ceiling,
                   command=command.strip(), seconds=time.time() - started)
     Path(args.out).write_text(text)
     print(text)

@@ -270,3 +270,44 @@ def test_quality_report_error_breakdown_bands_pairs_by_ratio_and_time():
     ok = MeasureResult((3.0, 1.0, 2.0))
     assert quality.cost_by(ok, "mean") == 2.0 and quality.cost_by(ok, "min") == 1.0
     assert quality.cost_by(MeasureResult.failure(ErrorKind.RUN, "x"), "min") == math.inf
+
+
+def test_quality_learning_curve_cuts_each_tasks_training_part_and_keeps_its_test_part():
+    """bench/cost_model_quality.py's learning curve: n training candidates per task (at most the task's
+    70 %), then all of it; the test part is the same 30 % for every n."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import cost_model_quality as quality
+
+    rng = np.random.default_rng(0)
+    data = [(SimpleNamespace(workload_key=f"w{n}"), list(range(n)), rng.uniform(1, 2, n), []) for n in (100, 40)]
+
+    class Oracle:  # scores every candidate by its true throughput; remembers what it was given
+        seen: list = []
+
+        def __init__(self):
+            self.trained, self.tested = {}, {}
+            Oracle.seen.append(self)
+
+        def add(self, task, cands, results):
+            self.trained[task.workload_key] = list(cands)
+
+        def retrain(self):
+            pass
+
+        def predict(self, task, cands):
+            self.tested[task.workload_key] = list(cands)
+            costs = dict(zip(*next((c, k) for t, c, k, _ in data if t is task)))
+            return np.asarray([1 / costs[c] for c in cands])
+
+    curve = quality.evaluate_learning_curve(data, Oracle, sizes=(25, 50, 100), seeds=2)
+    assert [round(n) for n, _, _ in curve] == [25, 39, 49]  # (25+25)/2, (50+28)/2, all: (70+28)/2
+    assert all(pairwise == 1.0 for _, pairwise, _ in curve)
+    first, last = Oracle.seen[0], Oracle.seen[-2]  # seed 0 at n=25 and at "all"
+    for key in ("w100", "w40"):
+        assert first.tested[key] == last.tested[key]
+        assert not set(first.trained[key]) & set(first.tested[key])
+    assert len(last.trained["w100"]) == 70 and len(first.trained["w100"]) == 25
