@@ -12,7 +12,7 @@ import tvm_ffi
 from tvm.s_tir import Schedule
 
 from ..compiler.lower_conv import KEEP_STAGE_ATTR
-from .sketch import Outcome, Rule, SketchContext, _vars_in, analyze, register_rule, stmt_of, unit_stride
+from .sketch import SCHEDULE_ERRORS, Outcome, Rule, SketchContext, _vars_in, analyze, register_rule, stmt_of, unit_stride
 
 MAX_INNER_SPATIAL = 64  # largest innermost spatial tile sampled (4 AVX-512 vectors)
 MAX_INNER_REDUCE = 64
@@ -171,7 +171,7 @@ def _iterate_like_producer(sch: Schedule, block: str, consumer: str) -> bool:
         return True
     try:
         sch.transform_block_layout(rv, tvm.tirx.IndexMap(ivars, indices, None))
-    except tvm.error.TVMError:  # not bijective (a broadcast read)
+    except SCHEDULE_ERRORS:  # not one-to-one (a broadcast read)
         return False
     return True
 

@@ -188,6 +188,28 @@ def test_fused_epilogue_of_a_blocked_output_is_right_for_every_tiling(name):
         run_and_check(cand.apply(task.mod).mod, name, seed=i)
 
 
+def test_epilogue_is_remapped_only_where_it_reads_its_producer_one_to_one():
+    from tilecraft.search.rules_cpu import _iterate_like_producer
+
+    A = P((8, 32), "A")
+    plain = te.compute((8, 32), lambda i, j: A[i, j] * 2, name="C")
+    blocked = te.compute((8, 2, 16), lambda i, jo, ji: A[i, jo * 16 + ji] * 2, name="C")
+    # consumer -> (fusible, its iteration extents afterwards: the producer's shape, so that its
+    # bounding box under a tile loop is the tile)
+    cases = {
+        "same": (lambda i, j: plain[i, j] + 1, True, [8, 32]),
+        "blocked": (lambda i, j: blocked[i, j // 16, j % 16] + 1, True, [8, 2, 16]),
+        "broadcast": (lambda i, j: plain[i // 2, j] + 1, False, None),
+    }
+    for name, (body, fusible, extents) in cases.items():
+        D = te.compute((8, 32), body, name="D")
+        sch = Schedule(te.create_prim_func([A, D]))
+        assert _iterate_like_producer(sch, "C", "D") is fusible, name
+        if fusible:
+            stmt = sch.get(sch.get_sblock("D"))
+            assert [int(iv.dom.extent) for iv in stmt.iter_vars] == extents, name
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_default_schedule_builds_and_matches_numpy(name):
     task = CASES[name][0]
