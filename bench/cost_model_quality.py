@@ -576,10 +576,11 @@ def _retrain(model) -> None:
         model.retrain()
 
 
-def evaluate_seen(data, factories, *, seeds: int = 3, keep: str | None = None, kept: list | None = None) -> tuple[dict, dict]:
-    """(a) 70/30 split of every task; train on all tasks' 70 %. Returns {model: {metric: mean}},
-    {model: {workload key: pairwise}}.  For model `keep`, appends (task index, test indices, scores)
-    of every split to `kept`."""
+def evaluate_seen(data, factories, *, seeds: int = 3, keep: str | None = None, kept: list | None = None,
+                  train_size: int | None = None) -> tuple[dict, dict]:
+    """(a) 70/30 split of every task; train on all tasks' 70 % (its first `train_size` candidates if
+    given). Returns {model: {metric: mean}}, {model: {workload key: pairwise}}.  For model `keep`,
+    appends (task index, test indices, scores) of every split to `kept`."""
     from tilecraft.cost_model.base import normalized_throughput
 
     table, per_task = {}, {}
@@ -592,9 +593,9 @@ def evaluate_seen(data, factories, *, seeds: int = 3, keep: str | None = None, k
             for task, cands, costs, _ in data:
                 order = rng.permutation(len(cands))
                 cut = int(0.7 * len(cands))
-                splits.append((task, order[:cut], order[cut:]))
-                train_batch = (task, [cands[i] for i in order[:cut]], _results(costs[order[:cut]]))
-                _add(model, *train_batch)
+                train = order[: cut if train_size is None else min(train_size, cut)]
+                splits.append((task, train, order[cut:]))
+                _add(model, task, [cands[i] for i in train], _results(costs[train]))
             _retrain(model)
             for index, ((task, cands, costs, _), (_, _, test)) in enumerate(zip(data, splits)):
                 truth = normalized_throughput(costs[test])
@@ -613,28 +614,15 @@ CURVE_SIZES = (25, 50, 100, 200, 400)  # training candidates per task for the le
 
 
 def evaluate_learning_curve(data, factory, *, sizes=CURVE_SIZES, seeds: int = 3) -> list[tuple[float, float, float]]:
-    """(a) with less training data: the same 70/30 splits as `evaluate_seen`, each task's 70 % cut
-    to its first n candidates.  Does more data still help, or has the model stopped?  Returns
-    (mean training candidates per task, pairwise, recall@10) for each n, then for all of the 70 %."""
-    from tilecraft.cost_model.base import normalized_throughput
-
-    largest = max(int(0.7 * len(c)) for _, c, _, _ in data)
+    """(a) with less training data: `evaluate_seen`'s splits, each task's 70 % cut to its first n
+    candidates.  Does more data still help, or has the model stopped?  Returns (mean training
+    candidates per task, pairwise, recall@10) for each n, then for all of the 70 %."""
+    cuts = [int(0.7 * len(c)) for _, c, _, _ in data]
     out = []
-    for n in [*(n for n in sizes if n < largest), None]:
-        rows, used = [], []
-        for seed in range(seeds):
-            rng, model, tests = np.random.default_rng(seed), factory(), []
-            for task, cands, costs, _ in data:
-                order = rng.permutation(len(cands))
-                cut = int(0.7 * len(cands))
-                train = order[: cut if n is None else min(n, cut)]
-                used.append(len(train))
-                _add(model, task, [cands[i] for i in train], _results(costs[train]))
-                tests.append((task, [cands[i] for i in order[cut:]], normalized_throughput(costs[order[cut:]])))
-            _retrain(model)
-            rows += [metrics(model.predict(task, cands), truth) for task, cands, truth in tests]
-        out.append((float(np.mean(used)), float(np.nanmean([r["pairwise"] for r in rows])),
-                    float(np.nanmean([r["recall@10"] for r in rows]))))
+    for n in [*(n for n in sizes if n < max(cuts)), None]:
+        table, _ = evaluate_seen(data, {"model": factory}, seeds=seeds, train_size=n)
+        used = np.mean([cut if n is None else min(n, cut) for cut in cuts])
+        out.append((float(used), table["model"]["pairwise"], table["model"]["recall@10"]))
     return out
 
 

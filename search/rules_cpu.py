@@ -12,7 +12,9 @@ import tvm_ffi
 from tvm.s_tir import Schedule
 
 from ..compiler.lower_conv import KEEP_STAGE_ATTR
-from .sketch import SCHEDULE_ERRORS, Outcome, Rule, SketchContext, _vars_in, analyze, register_rule, stmt_of, unit_stride
+from .sketch import (
+    SCHEDULE_ERRORS, Outcome, Rule, SketchContext, _as_int, _vars_in, analyze, register_rule, stmt_of, unit_stride,
+)
 
 MAX_INNER_SPATIAL = 64  # largest innermost spatial tile sampled (4 AVX-512 vectors)
 MAX_INNER_REDUCE = 64
@@ -163,7 +165,7 @@ def _iterate_like_producer(sch: Schedule, block: str, consumer: str) -> bool:
     stmt = stmt_of(sch, rv)
     produced = stmt_of(sch, sch.get_sblock(block)).writes[0].source
     reads = [r for r in stmt.reads if r.source.same_as(produced)]
-    if len(reads) != 1 or any(not _is_one(r.extent) for r in reads[0].region):
+    if len(reads) != 1 or any(_as_int(r.extent) != 1 for r in reads[0].region):
         return False
     indices = [r.min for r in reads[0].region]
     ivars = [iv.var for iv in stmt.iter_vars]
@@ -174,10 +176,6 @@ def _iterate_like_producer(sch: Schedule, block: str, consumer: str) -> bool:
     except SCHEDULE_ERRORS:  # not one-to-one (a broadcast read)
         return False
     return True
-
-
-def _is_one(expr) -> bool:
-    return isinstance(expr, tvm.tirx.IntImm) and int(expr) == 1
 
 
 register_rule(Rule("multi_level_tiling_cpu", _mlt_condition, _mlt_apply, variants=_mlt_variants, priority=30))
