@@ -332,9 +332,9 @@ def evaluate_remeasured(data, factories, remeasured: dict) -> tuple[dict, dict, 
     first, everything = {}, {}
     for name, factory in factories.items():
         model = factory()
-        for task, cands, costs, _ in data:
+        for task, cands, costs, reps in data:
             train = [i for i in range(len(cands)) if i not in held.get(task.workload_key, set())]
-            _add(model, task, [cands[i] for i in train], _results(costs[train]))
+            _add(model, task, [cands[i] for i in train], _results(costs[train], [reps[i] for i in train]))
         _retrain(model)
         one, many = [], []
         for task, test_cands, _, truth_one, truth_all in tests:
@@ -495,6 +495,9 @@ def noise_ceiling(costs: np.ndarray, repeats, rng) -> float:
     return pairwise_accuracy(np.asarray(one), np.asarray(rest))
 
 
+ENSEMBLE = "XGB-rank, 3 boosters"
+
+
 def make_models(target, extractor, *, peer: bool):
     from tilecraft.cost_model.random_model import RandomCostModel
     from tilecraft.cost_model.xgb_model import XGBConfig, XGBCostModel
@@ -502,6 +505,8 @@ def make_models(target, extractor, *, peer: bool):
     models = {
         "XGB-rank": lambda: XGBCostModel(target, config=XGBConfig(objective="rank"), extractor=extractor),
         "XGB-regression": lambda: XGBCostModel(target, config=XGBConfig(objective="regression"), extractor=extractor),
+        # not the default: 3x the retraining the tuner pays after every measured batch
+        ENSEMBLE: lambda: XGBCostModel(target, config=XGBConfig(objective="rank", ensemble=3), extractor=extractor),
         "random": lambda: RandomCostModel(seed=0),
     }
     if peer:
@@ -557,10 +562,12 @@ class MetaSchedulePeer:
         return np.asarray(self.model.predict(self._context(task), self._measure_candidates(task, candidates)))
 
 
-def _results(costs):
+def _results(costs, repeats):
+    """MeasureResults with each candidate's timed repeats (the model picks its label statistic from them)."""
     from tilecraft.search.measure_types import ErrorKind, MeasureResult
 
-    return [MeasureResult((float(c),)) if np.isfinite(c) else MeasureResult.failure(ErrorKind.RUN, "failed") for c in costs]
+    return [MeasureResult(tuple(float(r) for r in reps) or (float(c),)) if np.isfinite(c)
+            else MeasureResult.failure(ErrorKind.RUN, "failed") for c, reps in zip(costs, repeats)]
 
 
 def _add(model, task, cands, results) -> None:
@@ -590,12 +597,12 @@ def evaluate_seen(data, factories, *, seeds: int = 3, keep: str | None = None, k
             rng = np.random.default_rng(seed)
             model = factory()
             splits = []
-            for task, cands, costs, _ in data:
+            for task, cands, costs, reps in data:
                 order = rng.permutation(len(cands))
                 cut = int(0.7 * len(cands))
                 train = order[: cut if train_size is None else min(train_size, cut)]
                 splits.append((task, train, order[cut:]))
-                _add(model, task, [cands[i] for i in train], _results(costs[train]))
+                _add(model, task, [cands[i] for i in train], _results(costs[train], [reps[i] for i in train]))
             _retrain(model)
             for index, ((task, cands, costs, _), (_, _, test)) in enumerate(zip(data, splits)):
                 truth = normalized_throughput(costs[test])
@@ -610,7 +617,7 @@ def evaluate_seen(data, factories, *, seeds: int = 3, keep: str | None = None, k
     return table, per_task
 
 
-CURVE_SIZES = (25, 50, 100, 200, 400)  # training candidates per task for the learning curve
+CURVE_SIZES = (25, 50, 100, 200, 400, 800)  # training candidates per task for the learning curve
 
 
 def evaluate_learning_curve(data, factory, *, sizes=CURVE_SIZES, seeds: int = 3) -> list[tuple[float, float, float]]:
@@ -635,11 +642,11 @@ def evaluate_retested(data, factories, sessions_costs) -> dict:
     table = {}
     for name, factory in factories.items():
         model, tests = factory(), []
-        for task, cands, costs, _ in data:
+        for task, cands, costs, reps in data:
             second = sessions_costs.get(task.name, {})
             test = [i for i, c in enumerate(cands) if trace_hash(c.trace_json) in second]
             train = [i for i in range(len(cands)) if i not in set(test)]
-            _add(model, task, [cands[i] for i in train], _results(costs[train]))
+            _add(model, task, [cands[i] for i in train], _results(costs[train], [reps[i] for i in train]))
             truth_costs = np.sqrt(costs[test] * np.asarray([second[trace_hash(cands[i].trace_json)] for i in test]))
             tests.append((task, [cands[i] for i in test], normalized_throughput(truth_costs)))
         _retrain(model)
@@ -666,9 +673,9 @@ def evaluate_unseen(data, factories) -> tuple[dict, dict]:
         rows, tasks_pw = [], {}
         for held in range(len(data)):
             model = factory()
-            for i, (task, cands, costs, _) in enumerate(data):
+            for i, (task, cands, costs, reps) in enumerate(data):
                 if i != held:
-                    _add(model, task, cands, _results(costs))
+                    _add(model, task, cands, _results(costs, reps))
             _retrain(model)
             task, cands, costs, _ = data[held]
             m = metrics(model.predict(task, cands), normalized_throughput(costs))
@@ -705,8 +712,8 @@ def training_speed(data, target, extractor) -> list[tuple[str, int, float, float
     out = []
     for objective in ("rank", "regression"):
         model = XGBCostModel(target, config=XGBConfig(objective=objective), extractor=extractor)
-        for task, cands, costs, _ in data:
-            model.add(task, cands, _results(costs))
+        for task, cands, costs, reps in data:
+            model.add(task, cands, _results(costs, reps))
         t0 = time.perf_counter()
         model.retrain()
         train_s = time.perf_counter() - t0
@@ -738,6 +745,15 @@ def _metrics_table(by_model: dict) -> str:
     return _table(["model", *METRICS], [[m, *[v[k] for k in METRICS]] for m, v in by_model.items()])
 
 
+def _config_line() -> str:
+    from tilecraft.cost_model.xgb_model import XGBConfig
+
+    c = XGBConfig()
+    return (f"{c.num_rounds} rounds, depth {c.max_depth}, eta {c.eta}, min_child_weight {c.min_child_weight or '3 (rank) or 1 (regression)'}, "
+            f"colsample {c.colsample_bytree}, {c.pairs_per_sample} pairs per sample, {c.rank_levels} {c.rank_scale} "
+            f"label levels, labels from the {c.label_cost} of the repeats, {c.ensemble} booster(s)")
+
+
 def default_model() -> str:
     from tilecraft.cost_model.xgb_model import XGBConfig
 
@@ -755,10 +771,13 @@ def summary(*, seen, retested, unseen, sessions) -> list[str]:
         f"{unseen[default]['pairwise']:.3f} vs {unseen[other]['pairwise']:.3f}; random {seen['random']['pairwise']:.3f}.",
         f"- Target 0.85 on seen tasks: {'met' if seen[default]['pairwise'] >= 0.85 else 'NOT met'} "
         f"({seen[default]['pairwise']:.3f}). Two measurement sessions of the same candidates agree on only "
-        f"{ceiling:.3f} of pairs on average on this shared 2-core box, so no model can score much above that against",
+        f"{ceiling:.3f} of pairs on average on this 2-core box, so no model can score much above that against",
         f"  one session's labels; {default} reaches {seen[default]['pairwise'] / ceiling:.0%} of it. Against the "
         f"less noisy two-session truth (a') it scores {retested[default]['pairwise']:.3f}.",
     ]
+    if ENSEMBLE in seen:
+        lines.append(f"- {ENSEMBLE} (`XGBConfig(ensemble=3)`, averaged scores, 3x the training time): "
+                     f"{seen[ENSEMBLE]['pairwise']:.3f} on seen tasks, {unseen[ENSEMBLE]['pairwise']:.3f} on unseen.")
     if peer:
         lines.append(f"- MetaSchedule's PerStoreFeature + XGBModel on the same splits: {seen[peer[0]]['pairwise']:.3f} "
                      f"(seen), {unseen[peer[0]]['pairwise']:.3f} (unseen).")
@@ -775,7 +794,8 @@ def report(*, data, sessions, seen, retested, seen_tasks, unseen, unseen_tasks, 
         f"- machine: {machine()}",
         f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         f"- command: `{command}` ({seconds:.0f} s, dataset from `bench/work/cost_model.db`)",
-        f"- features: {NUM_FEATURES} per candidate (cost_model/features.py); models: XGBoost 100 rounds, depth 6",
+        f"- features: {NUM_FEATURES} per candidate (cost_model/features.py); models: XGBoost, `XGBConfig()`: "
+        f"{_config_line()}",
         "",
         "## Summary",
         "",
@@ -793,7 +813,7 @@ def report(*, data, sessions, seen, retested, seen_tasks, unseen, unseen_tasks, 
         "How well the measurements rank themselves, i.e. a ceiling for any model's pairwise accuracy:",
         "- repeats agree: one random repeat of each measurement vs the mean of its other repeats (same moment);",
         "- sessions agree: the candidates re-measured later, in another order (`--retest`), vs the first session.",
-        "  The box is shared: other jobs' load changes between sessions, and a kernel parallel over both cores",
+        "  On a shared box other jobs' load changes between sessions, and a kernel parallel over both cores",
         "  slows down whenever anything else runs, so this is the ceiling that matters.",
         "",
         "## (a) Unseen candidates of seen tasks (70/30 split per task, mean of 3 splits, averaged over tasks)",

@@ -48,9 +48,13 @@ def normalized_throughput(costs: Sequence[float]) -> np.ndarray:
     return out
 
 
-def cost_of(result: MeasureResult) -> float:
-    """Mean seconds of a successful measurement, inf for a failure."""
-    return result.mean if result.ok and math.isfinite(result.mean) and result.mean > 0 else math.inf
+def cost_of(result: MeasureResult, statistic: str = "mean") -> float:
+    """Seconds of a successful measurement, inf for a failure: the mean of its timed repeats (what
+    the tuner records and ranks by), or with statistic="min" their minimum (the run least disturbed
+    by the rest of the host: a cleaner training label)."""
+    if not (result.ok and math.isfinite(result.mean) and result.mean > 0):
+        return math.inf
+    return float(min(result.costs)) if statistic == "min" else result.mean
 
 
 def database_batches(db, target_key: str) -> Iterator[tuple[Task, list[Candidate], list[MeasureResult]]]:

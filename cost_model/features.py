@@ -14,10 +14,17 @@ Per buffer store (loop_nest.py gives us the stores of the partially lowered func
   intensity  float ops / unique bytes touched, as a curve over the loop levels (inner->outer),
              read at 10 fixed amounts of work (2^2 .. 2^38 float ops) so candidates line up
   traffic    bytes moved into a register file / L1 / L2 sized store: the outermost loop level whose
-             footprint fits, times the iterations of the loops around it; and per float op
+             footprint fits, times the iterations of the loops around it; and per float op; in bytes
+             touched and again in whole cache lines
   registers  accumulators: the spatial iterations inside the innermost reduction loop (elements
              and vectors) and that loop's extent
   alloc      size, and loops outside/inside the allocation, when the store writes a temporary
+  body       the straight-line code generation makes of the innermost loops (vectorized ones, and
+             those TVM's auto-unroll flattens; again with the small loops LLVM then fully unrolls
+             itself, "llvm_"): its iterations, work, bytes and registers touched, whether a
+             reduction loop surrounds it (outputs stay in registers), and the loop whose iterations
+             fill the SIMD lanes (explicitly vectorized / SLP over the unrolled body / LLVM's loop
+             vectorizer on the loop around it) with how each buffer moves along it
 Large values go through log2(1 + x). The candidate's vector is the work-weighted mean and
 the max of its stores' vectors, plus whole-function features (FEATURE_NAMES lists them all).
 """
@@ -52,6 +59,15 @@ BUFFER_FIELDS = (
 )
 
 
+LLVM_UNROLL_BUDGET = 300  # instructions: LLVM -O3 fully unrolls a constant-trip loop up to about this size
+BODY_FIELDS = (
+    "body_iters", "body_flops", "body_bytes", "body_intensity", "body_regs", "body_out_vectors",
+    "body_outer_is_reduce", "body_outer_extent", "simd_none", "simd_explicit", "simd_slp", "simd_loop",
+    "simd_width", "simd_lane_frac", "simd_out_contig", "simd_contig", "simd_bcast", "simd_gather",
+    "body_runs", "body_insts", "insts",
+)
+
+
 def _store_feature_names() -> tuple[str, ...]:
     names = list(OP_KINDS)
     names += ["num_loops", "trip", "innermost_extent", "outermost_extent"]
@@ -62,9 +78,10 @@ def _store_feature_names() -> tuple[str, ...]:
         names += [f"b{b}_{f}" for f in BUFFER_FIELDS]
     names += [f"intensity_{i}" for i in range(INTENSITY_SAMPLES)]
     for level in ("reg", "l1", "l2"):
-        names += [f"{level}_traffic", f"{level}_bytes_per_flop"]
+        names += [f"{level}_traffic", f"{level}_bytes_per_flop", f"{level}_line_traffic", f"{level}_line_bytes_per_flop"]
     names += ["acc_elems", "acc_vectors", "inner_reduce_extent"]
     names += ["alloc_bytes", "alloc_outer_prod", "alloc_inner_prod", "is_alloc"]
+    names += list(BODY_FIELDS) + [f"llvm_{f}" for f in BODY_FIELDS]
     return tuple(names)
 
 
@@ -222,14 +239,18 @@ def _intensity(flops_iter: int, loops: Sequence[Loop], infos: Sequence[_AccessIn
 
 
 def _traffic(flops: float, loops: Sequence[Loop], infos: Sequence[_AccessInfo], register_bytes: int) -> list[float]:
-    """Bytes a store moves into memories of growing size, and per float op (a roofline-style data-movement estimate)."""
+    """Bytes a store moves into memories of growing size, and per float op (a roofline-style data-movement
+    estimate); counted once in touched bytes and once in whole cache lines (a strided tile drags in
+    lines it uses a quarter of)."""
     n = len(loops)
     footprint = [sum(i.unique[j] * i.access.elem_bytes for i in infos) for j in range(n + 1)]
+    line_footprint = [sum(i.unique_lines[j] * CACHE_LINE_BYTES for i in infos) for j in range(n + 1)]
     out = []
     for size in (register_bytes, *CACHE_BYTES):
-        j = next((j for j in range(n + 1) if footprint[j] <= size), n)  # outermost level that fits
-        moved = footprint[j] * _prod(lp.extent for lp in loops[:j])
-        out += [_log(moved), _log(moved / flops) if flops else 0.0]
+        for fp in (footprint, line_footprint):
+            j = next((j for j in range(n + 1) if fp[j] <= size), n)  # outermost level that fits
+            moved = fp[j] * _prod(lp.extent for lp in loops[:j])
+            out += [_log(moved), _log(moved / flops) if flops else 0.0]
     return out
 
 
@@ -241,6 +262,92 @@ def _accumulators(loops: Sequence[Loop], spatial: set[int], lanes: int) -> list[
     r = reduce[-1]
     acc = _prod(lp.extent for lp in loops[r + 1:] if lp.key in spatial)
     return [_log(acc), _log(acc / lanes), _log(loops[r].extent)]
+
+
+def _body_start(loops: Sequence[Loop], *, llvm_budget: int = 0, insts_per_iter: int = 1) -> int:
+    """Index of the first loop of the straight-line body code generation makes of the innermost loops:
+    vectorized ones become vector instructions, unrolled ones (explicit or within the auto-unroll
+    step) are flattened; LLVM's SLP vectorizer then works on that body."""
+    step = max((lp.unroll_step for lp in loops), default=0)
+    k, unrolled = len(loops), 1
+    for idx in range(len(loops) - 1, -1, -1):
+        lp = loops[idx]
+        if lp.kind == "vectorized" or lp.extent <= 1:
+            k = idx
+            continue
+        if lp.kind in ("thread", "parallel"):
+            break
+        if lp.kind == "unrolled" or (step and unrolled * lp.extent <= step):
+            unrolled *= lp.extent
+            k = idx
+            continue
+        break
+    if llvm_budget:  # LLVM then fully unrolls small constant-trip loops itself
+        size = insts_per_iter * _prod(lp.extent for lp in loops[k:] if lp.kind != "vectorized")
+        while k > 0 and loops[k - 1].kind == "serial" and size * loops[k - 1].extent <= llvm_budget:
+            size *= loops[k - 1].extent
+            k -= 1
+    return k
+
+
+@dataclass(frozen=True)
+class _Lanes:
+    """The loop whose iterations fill the SIMD lanes, and how code generation gets there."""
+    how: int  # 0 none, 1 explicitly vectorized, 2 SLP over the unrolled body, 3 LLVM's loop vectorizer
+    width: int  # the loop's extent
+    out_contig: bool  # the output moves by one element along it
+    contig: float  # shares of the reads (by count) that move by 1 / stay put / jump along it
+    bcast: float
+    gather: float
+
+
+def _lanes(loops: Sequence[Loop], infos: Sequence[_AccessInfo], k: int) -> _Lanes:
+    """An explicitly vectorized loop; else the unit-stride output loop inside the unrolled body
+    loops[k:] (SLP); else the loop around the body, LLVM's innermost loop after unrolling, when the
+    output moves by 1 along it."""
+    out = infos[0]
+    vec = [lp for lp in loops if lp.kind == "vectorized"]
+    slp = [lp for lp in loops[k:] if out.strides.get(lp.key) == 1 and lp.kind != "vectorized"]
+    if vec:
+        simd, how = vec[-1], 1
+    elif slp:
+        simd, how = slp[-1], 2
+    elif k > 0 and out.strides.get(loops[k - 1].key) == 1:
+        simd, how = loops[k - 1], 3
+    else:
+        return _Lanes(0, 1, False, 0.0, 0.0, 0.0)
+    moves = [0.0, 0.0, 0.0]  # contig, bcast, gather
+    for i in infos[1:]:
+        stride = i.strides.get(simd.key, 0)
+        moves[0 if stride == 1 else 1 if stride == 0 else 2] += i.access.count
+    total = sum(moves) or 1.0
+    return _Lanes(how, simd.extent, out.strides.get(simd.key, 0) == 1, *(m / total for m in moves))
+
+
+def _body(flops_iter: int, loops: Sequence[Loop], infos: Sequence[_AccessInfo], spatial: set[int], lanes: int,
+          llvm_budget: int = 0) -> list[float]:
+    """The innermost straight-line body (BODY_FIELDS): its work, the data it touches (registers it
+    needs), the loop around it (a reduction loop there keeps the outputs in registers), and how its
+    SIMD lanes are filled."""
+    k = _body_start(loops, llvm_budget=llvm_budget, insts_per_iter=max(1, flops_iter) + len(infos))
+    iters = _prod(lp.extent for lp in loops[k:])
+    runs = _prod(lp.extent for lp in loops[:k])  # how often the body runs
+    flops = flops_iter * iters
+    nbytes = sum(i.unique[k] * i.access.elem_bytes for i in infos)
+    outer = loops[k - 1] if k > 0 else None
+    simd = _lanes(loops, infos, k)
+    lanes_used = min(simd.width, lanes) if simd.how in (1, 2) else 1
+    insts = iters * (flops_iter + sum(i.access.count for i in infos)) / lanes_used  # operations and loads
+    feats = [
+        _log(iters), _log(flops), _log(nbytes), _log(flops / nbytes) if nbytes else 0.0,
+        _log(sum(i.unique[k] for i in infos) / lanes), _log(infos[0].unique[k] / lanes),
+        float(outer is not None and outer.key not in spatial and outer.extent > 1),
+        _log(outer.extent) if outer is not None else 0.0,
+        *(float(simd.how == h) for h in range(4)), _log(simd.width), min(simd.width, lanes) / lanes,
+        float(simd.out_contig), simd.contig, simd.bcast, simd.gather,
+        _log(runs), _log(insts), _log(insts * runs),
+    ]
+    return feats
 
 
 def store_features(store: Store, *, lanes: int = 8) -> tuple[list[float], float]:
@@ -267,6 +374,8 @@ def store_features(store: Store, *, lanes: int = 8) -> tuple[list[float], float]
         feats += [_log(store.alloc.bytes), _log(outer), _log(trip / outer), 1.0]
     else:
         feats += [0.0, 0.0, 0.0, 0.0]
+    feats += _body(flops_iter, loops, infos, spatial, lanes)
+    feats += _body(flops_iter, loops, infos, spatial, lanes, llvm_budget=LLVM_UNROLL_BUDGET)
     weight = trip * (1 + flops_iter + len(store.accesses))
     return feats, float(weight)
 

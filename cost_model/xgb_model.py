@@ -2,13 +2,16 @@
 
 Two objectives, chosen by XGBConfig.objective:
   "rank"        rank:pairwise, one query group per task, label = normalized throughput
-                (best cost / cost within the task, 0 for failures) in 1/16ths: learns only
-                the order of candidates of the same task, which is all the search needs, and
-                (the levels) not the order of pairs closer than measurement noise.
+                (best cost / cost within the task, 0 for failures) on a log scale cut into 16
+                levels (2^-6 .. 1): learns only the order of candidates of the same task, which
+                is all the search needs, not the order of pairs closer than measurement noise,
+                and (the log scale) the order among slow candidates as well as among fast ones.
   "regression"  Ansor's: squared error on the normalized throughput, each sample weighted by
                 its throughput (fast candidates matter, failures barely).
 bench/cost_model_quality.py compares them on real measurements (bench/cost_model.md): "rank"
-ranked better, on seen and on unseen tasks, so it is the default.
+ranked better, on seen and on unseen tasks, so it is the default. The labels come from the minimum
+of each measurement's timed repeats (`label_cost`), and `ensemble` > 1 averages boosters trained
+on row subsamples; the defaults are what ranked best there.
 
 Online: `update` appends the measured batch to a buffer and retrains from scratch on the
 whole buffer (2,400 samples: ~1 s on the busy 2-core box), so the labels of a task
@@ -33,7 +36,7 @@ from ..search.measure_types import Candidate, MeasureResult
 from .base import cost_of, database_batches, normalized_throughput
 from .features import FEATURE_NAMES, FeatureExtractor
 
-FORMAT = "tilecraft-xgb-cost-model/2"  # /2: the buffer keeps each sample's trace hash
+FORMAT = "tilecraft-xgb-cost-model/3"  # /2: the buffer keeps each sample's trace hash; /3: several boosters
 FEATURES_ID = hashlib.sha256("\n".join(FEATURE_NAMES).encode()).hexdigest()[:16]
 
 
@@ -44,15 +47,19 @@ class CostModelError(TilecraftError):
 @dataclass(frozen=True, kw_only=True)
 class XGBConfig:
     objective: str = "rank"  # "rank" (rank:pairwise per task) | "regression" (throughput-weighted squared error)
-    num_rounds: int = 100
+    num_rounds: int = 200
     max_depth: int = 6
-    eta: float = 0.2
-    min_child_weight: float = 1.0
+    eta: float = 0.1
+    min_child_weight: float | None = None  # None: 3 for rank, 1 for regression (its samples weigh 0.05-1 each)
     subsample: float = 1.0
-    colsample_bytree: float = 1.0
+    colsample_bytree: float = 0.7
     max_bin: int = 64  # histogram bins per feature: training time grows with it, quality barely
-    pairs_per_sample: int = 16  # rank: pairs sampled per candidate within its task
-    rank_levels: int = 16  # rank: label = floor(levels x normalized throughput); 0 = the raw throughput
+    pairs_per_sample: int = 32  # rank: pairs sampled per candidate within its task
+    rank_levels: int = 16  # rank: the label is one of this many levels of normalized throughput; 0 = the raw throughput
+    rank_scale: str = "log"  # rank: levels even in log2 throughput over `log_octaves` octaves, or "linear" in throughput
+    log_octaves: int = 6  # rank, log scale: candidates 2^6 times slower than the best share the lowest level
+    label_cost: str = "min"  # which statistic of a measurement's timed repeats its label comes from: "min" | "mean"
+    ensemble: int = 1  # boosters (row-subsampled, seeds 0..n-1) whose scores are averaged
     min_weight: float = 0.05  # regression: failures and slow candidates still count this much
     min_samples: int = 8  # below this many measured candidates, predict uniform scores
     max_samples: int = 50_000  # the buffer keeps the newest
@@ -62,6 +69,25 @@ class XGBConfig:
     def __post_init__(self):
         if self.objective not in ("rank", "regression"):
             raise ValueError(f"objective must be 'rank' or 'regression', not {self.objective!r}")
+        if self.rank_scale not in ("log", "linear"):
+            raise ValueError(f"rank_scale must be 'log' or 'linear', not {self.rank_scale!r}")
+        if self.label_cost not in ("min", "mean"):
+            raise ValueError(f"label_cost must be 'min' or 'mean', not {self.label_cost!r}")
+        if self.ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1, not {self.ensemble}")
+
+
+def rank_label(y: np.ndarray, cfg: XGBConfig) -> np.ndarray:
+    """The rank objective's label of each normalized throughput `y` in [0, 1] (0 = failed): one of
+    cfg.rank_levels levels, even in throughput ("linear") or in log2 throughput over cfg.log_octaves
+    octaves below the best ("log"; failures and anything slower share level 0)."""
+    if not cfg.rank_levels:
+        return y
+    if cfg.rank_scale == "linear":
+        return np.floor(y * cfg.rank_levels)
+    with np.errstate(divide="ignore"):
+        octaves = np.where(y > 0, np.log2(np.where(y > 0, y, 1.0)), -np.inf)
+    return np.floor(cfg.rank_levels * np.clip(1.0 + octaves / cfg.log_octaves, 0.0, 0.999))
 
 
 class XGBCostModel:
@@ -69,7 +95,7 @@ class XGBCostModel:
         self.target = target
         self.config = config
         self.extractor = extractor or FeatureExtractor(target)
-        self._booster = None
+        self._boosters: list = []
         self._keys: list[str] = []  # workload key of each buffered sample
         self._hashes: list[str] = []  # trace hash of each buffered sample: pretraining skips what it has
         self._rows: list[np.ndarray] = []
@@ -81,7 +107,7 @@ class XGBCostModel:
 
     @property
     def trained(self) -> bool:
-        return self._booster is not None
+        return bool(self._boosters)
 
     # ---- learning ---------------------------------------------------------------------------
     def update(self, task: Task, candidates: Sequence[Candidate], results: Sequence[MeasureResult]) -> None:
@@ -98,7 +124,7 @@ class XGBCostModel:
             new = [(c, r) for c, r in zip(candidates, results) if (task.workload_key, trace_hash(c.trace_json)) not in known]
             if new:
                 added += self.add(task, [c for c, _ in new], [r for _, r in new])
-        if added or self._booster is None:
+        if added or not self._boosters:
             self.retrain()
         return added
 
@@ -114,7 +140,7 @@ class XGBCostModel:
             self._keys.append(task.workload_key)
             self._hashes.append(trace_hash(cand.trace_json))
             self._rows.append(row.astype(np.float32))
-            self._costs.append(cost_of(result))
+            self._costs.append(cost_of(result, self.config.label_cost))
             added += 1
         excess = len(self._costs) - self.config.max_samples
         if excess > 0:
@@ -128,7 +154,7 @@ class XGBCostModel:
         cfg = self.config
         costs = np.asarray(self._costs)
         if len(costs) < cfg.min_samples or not np.isfinite(costs).any():
-            self._booster = None
+            self._boosters = []
             return
         keys = np.asarray(self._keys)
         order = np.argsort(keys, kind="stable")  # XGBoost wants each query group contiguous
@@ -138,20 +164,25 @@ class XGBCostModel:
         y = np.zeros(len(costs))
         for g in np.unique(groups):
             y[groups == g] = normalized_throughput(costs[groups == g])
+        min_child_weight = cfg.min_child_weight if cfg.min_child_weight is not None else (
+            3.0 if cfg.objective == "rank" else 1.0)
         params = {
-            "max_depth": cfg.max_depth, "eta": cfg.eta, "min_child_weight": cfg.min_child_weight,
+            "max_depth": cfg.max_depth, "eta": cfg.eta, "min_child_weight": min_child_weight,
             "subsample": cfg.subsample, "colsample_bytree": cfg.colsample_bytree, "nthread": cfg.nthread,
             "seed": cfg.seed, "tree_method": "hist", "max_bin": cfg.max_bin, "verbosity": 0,
         }
         if cfg.objective == "rank":
             params |= {"objective": "rank:pairwise", "lambdarank_pair_method": "mean",
                        "lambdarank_num_pair_per_sample": cfg.pairs_per_sample}
-            label = np.floor(y * cfg.rank_levels) if cfg.rank_levels else y
-            data = xgb.DMatrix(x, label=label, qid=groups)
+            data = xgb.DMatrix(x, label=rank_label(y, cfg), qid=groups)
         else:
             params |= {"objective": "reg:squarederror"}
             data = xgb.DMatrix(x, label=y, weight=np.maximum(y, cfg.min_weight))
-        self._booster = xgb.train(params, data, num_boost_round=cfg.num_rounds)
+        if cfg.ensemble == 1:
+            self._boosters = [xgb.train(params, data, num_boost_round=cfg.num_rounds)]
+        else:
+            self._boosters = [xgb.train(params | {"seed": cfg.seed + i, "subsample": min(cfg.subsample, 0.8)}, data,
+                                        num_boost_round=cfg.num_rounds) for i in range(cfg.ensemble)]
 
     # ---- scoring ----------------------------------------------------------------------------
     def predict(self, task: Task, candidates: Sequence[Candidate]) -> np.ndarray:
@@ -162,18 +193,19 @@ class XGBCostModel:
         valid = ~np.isnan(x[:, 0]) if len(x) else np.zeros(0, bool)
         scores = np.full(len(candidates), -math.inf)
         scores[valid] = 0.0
-        if self._booster is not None and valid.any():
-            scores[valid] = self._booster.predict(xgb.DMatrix(x[valid].astype(np.float32)))
+        if self._boosters and valid.any():
+            data = xgb.DMatrix(x[valid].astype(np.float32))
+            scores[valid] = np.mean([b.predict(data) for b in self._boosters], axis=0)
         return scores
 
     # ---- persistence ------------------------------------------------------------------------
     def save(self, path: str) -> None:
-        """One .npz file: the booster, the training buffer (so online learning goes on) and the config."""
-        meta = {"format": FORMAT, "features": FEATURES_ID, "config": asdict(self.config)}
-        booster = np.frombuffer(bytes(self._booster.save_raw("ubj")), np.uint8) if self._booster else np.zeros(0, np.uint8)
+        """One .npz file: the boosters, the training buffer (so online learning goes on) and the config."""
+        meta = {"format": FORMAT, "features": FEATURES_ID, "config": asdict(self.config), "boosters": len(self._boosters)}
+        boosters = {f"booster_{i}": np.frombuffer(bytes(b.save_raw("ubj")), np.uint8) for i, b in enumerate(self._boosters)}
         rows = np.stack(self._rows) if self._rows else np.zeros((0, len(FEATURE_NAMES)), np.float32)
         with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a bare path
-            np.savez_compressed(f, meta=np.asarray(json.dumps(meta)), booster=booster, rows=rows,
+            np.savez_compressed(f, meta=np.asarray(json.dumps(meta)), **boosters, rows=rows,
                                 costs=np.asarray(self._costs, np.float64), keys=np.asarray(self._keys, dtype=str),
                                 hashes=np.asarray(self._hashes, dtype=str))
 
@@ -183,7 +215,8 @@ class XGBCostModel:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                booster, rows, costs, keys, hashes = z["booster"], z["rows"], z["costs"], z["keys"], z["hashes"]
+                rows, costs, keys, hashes = z["rows"], z["costs"], z["keys"], z["hashes"]
+                boosters = [z[f"booster_{i}"] for i in range(int(meta.get("boosters", 0)))]
         except (OSError, ValueError, KeyError) as e:
             raise CostModelError(f"{path}: not a saved tilecraft cost model ({e})") from None
         if meta.get("format") != FORMAT:
@@ -195,10 +228,11 @@ class XGBCostModel:
         self._costs = [float(c) for c in costs]
         self._keys = [str(k) for k in keys]
         self._hashes = [str(h) for h in hashes]
-        self._booster = None
-        if len(booster):
-            self._booster = xgb.Booster(params={"nthread": self.config.nthread})
-            self._booster.load_model(bytearray(booster.tobytes()))
+        self._boosters = []
+        for raw in boosters:
+            booster = xgb.Booster(params={"nthread": self.config.nthread})
+            booster.load_model(bytearray(raw.tobytes()))
+            self._boosters.append(booster)
 
     @classmethod
     def from_file(cls, path: str, target) -> "XGBCostModel":

@@ -14,10 +14,11 @@ from tvm.s_tir import Schedule
 from tilecraft.compiler.ir import TensorType
 from tilecraft.compiler.task import Task, workload_key
 from tilecraft.cost_model.base import normalized_throughput
-from tilecraft.cost_model.features import FEATURE_NAMES, NUM_FEATURES, FeatureExtractor, features_of_module
+from tilecraft.cost_model.features import (FEATURE_NAMES, NUM_FEATURES, STORE_FEATURE_NAMES, FeatureExtractor,
+                                           features_of_module, store_features)
 from tilecraft.cost_model.loop_nest import loop_nests, lower
 from tilecraft.cost_model.random_model import RandomCostModel
-from tilecraft.cost_model.xgb_model import CostModelError, XGBConfig, XGBCostModel
+from tilecraft.cost_model.xgb_model import CostModelError, XGBConfig, XGBCostModel, rank_label
 from tilecraft.search.database import Database
 from tilecraft.search.measure_types import Candidate, ErrorKind, MeasureResult, Record
 from tilecraft.targets.base import resolve_target
@@ -106,6 +107,63 @@ def test_parallel_vectorized_schedule_differs_from_naive(task):
     assert feature(naive, "func.est_flops") == pytest.approx(feature(fast, "func.est_flops"), rel=1e-6)
     assert feature(fast, "func.est_flops") == pytest.approx(math.log2(1 + 2 * N**3), rel=1e-3)
     assert feature(fast, "max.b0_vec_stride") == pytest.approx(1.0)  # unit-stride vector access
+
+
+def _inner_tiled(task: Task, *, vectorize: bool, unroll_step: int) -> Candidate:
+    """i0 j0 k i1(4) j1(16): the 4x16 output tile innermost, under the reduction loop."""
+    sch = Schedule(task.mod)
+    c = sch.get_sblock("C")
+    i, j, k = sch.get_loops(c)
+    i0, i1 = sch.split(i, [None, 4]); j0, j1 = sch.split(j, [None, 16])
+    sch.reorder(i0, j0, k, i1, j1)
+    if vectorize:
+        sch.vectorize(j1)
+    if unroll_step:
+        sch.annotate(i0, "pragma_auto_unroll_max_step", unroll_step)
+    return Candidate.from_schedule(sch)
+
+
+def test_body_features_follow_unrolling_and_say_how_the_lanes_are_filled(task):
+    """The straight-line body code generation makes of the innermost loops, and the loop whose
+    iterations become SIMD lanes: vectorized explicitly, by SLP over an unrolled body, or left to
+    LLVM's loop vectorizer as the innermost loop after unrolling."""
+
+    def update_store(cand):  # C[i, j] += A[i, k] * B[k, j]: the store that reads A and B
+        stores, _ = loop_nests(lower(cand.apply(task.mod).mod))
+        (store,) = [s for s in stores if len(s.accesses) >= 3]
+        feats, _ = store_features(store, lanes=16)
+        return dict(zip(STORE_FEATURE_NAMES, feats))
+
+    vec = update_store(_inner_tiled(task, vectorize=True, unroll_step=64))
+    slp = update_store(_inner_tiled(task, vectorize=False, unroll_step=64))
+    plain = update_store(_inner_tiled(task, vectorize=False, unroll_step=0))
+    # vectorized j1 costs no unroll steps, so i1 (4) is unrolled; k (128 more) is not: a 4x16 body under k
+    assert vec["body_iters"] == pytest.approx(math.log2(1 + 64))
+    assert vec["body_outer_is_reduce"] == 1.0  # the outputs can stay in registers across k
+    assert vec["body_out_vectors"] == pytest.approx(math.log2(1 + 64 / 16))
+    assert vec["simd_explicit"] == 1.0 and vec["simd_lane_frac"] == 1.0
+    # B[k, j] moves by 1 along the lanes, A[i, k] not at all (a broadcast)
+    assert vec["simd_contig"] == pytest.approx(0.5) and vec["simd_bcast"] == pytest.approx(0.5)
+    # 4 x 16 = 64 unrolled iterations fit the step: the same body, its lanes found by SLP along j1
+    assert slp["body_iters"] == pytest.approx(math.log2(1 + 64))
+    assert slp["simd_slp"] == 1.0 and slp["simd_explicit"] == 0.0
+    # nothing unrolled: TVM leaves j1 innermost (LLVM's loop vectorizer sees unit stride along it) ...
+    assert plain["body_iters"] == pytest.approx(1.0) and plain["simd_loop"] == 1.0  # log2(1 + 1)
+    # ... and LLVM unrolls j1 itself (16 x 5 instructions fit its budget) but not i1 around it (x 4 do not)
+    assert plain["llvm_body_iters"] == pytest.approx(math.log2(1 + 16))
+    assert plain["llvm_simd_slp"] == 1.0 and plain["llvm_body_outer_is_reduce"] == 0.0
+
+
+def test_line_traffic_is_at_least_the_byte_traffic(task, grid):
+    """Whole cache lines moved can only exceed the bytes the loops touch, and do for a column walk."""
+    x = FeatureExtractor(LLVM).extract(task, grid[0] + [NAIVE])
+    for agg, level in itertools.product(("mean", "max"), ("reg", "l1", "l2")):
+        lines = x[:, FEATURE_NAMES.index(f"{agg}.{level}_line_traffic")]
+        nbytes = x[:, FEATURE_NAMES.index(f"{agg}.{level}_traffic")]
+        assert (lines >= nbytes - 1e-9).all()
+    column = tiled(task, 16, 1, parallel=False, vectorize=False)  # i1 innermost: A[i, k] down a column, a line per element
+    y = FeatureExtractor(LLVM).extract(task, [column])[0]
+    assert feature(y, "max.l1_line_traffic") > feature(y, "max.l1_traffic")
 
 
 def test_loop_nest_reads_strides_reuse_and_compacted_temporaries(task):
@@ -213,6 +271,45 @@ def test_save_load_round_trip_gives_identical_predictions(task, grid, tmp_path):
         XGBCostModel(LLVM).load(str(tmp_path / "junk.npz"))
 
 
+def test_rank_labels_are_levels_of_log_or_linear_throughput():
+    y = np.asarray([1.0, 0.5, 0.25, 2.0**-6, 2.0**-7, 0.0])
+    log = rank_label(y, XGBConfig(rank_levels=16, log_octaves=6))
+    # one octave below the best is 1/6 of the way down; six octaves or more (and failures) are level 0
+    np.testing.assert_array_equal(log, [15, 13, 10, 0, 0, 0])
+    np.testing.assert_array_equal(rank_label(y, XGBConfig(rank_scale="linear")), np.floor(16 * y))
+    np.testing.assert_array_equal(rank_label(y, XGBConfig(rank_levels=0)), y)
+    with pytest.raises(ValueError):
+        XGBConfig(rank_scale="cubic")
+    with pytest.raises(ValueError):
+        XGBConfig(label_cost="median")
+
+
+def test_labels_come_from_the_chosen_statistic_of_the_repeats(task, grid):
+    cands = grid[0][:2]
+    results = [MeasureResult((3.0, 1.0, 2.0)), MeasureResult.failure(ErrorKind.RUN, "x")]
+    for statistic, expected in (("min", 1.0), ("mean", 2.0)):
+        model = XGBCostModel(LLVM, config=XGBConfig(label_cost=statistic))
+        model.add(task, cands, results)
+        assert model._costs == [expected, math.inf]
+
+
+def test_ensemble_averages_its_boosters_and_survives_save_load(task, grid, tmp_path):
+    cands, costs = grid
+    one = XGBCostModel(LLVM, config=XGBConfig(num_rounds=20))
+    three = XGBCostModel(LLVM, config=XGBConfig(num_rounds=20, ensemble=3))
+    for model in (one, three):
+        model.update(task, cands[:50], results_of(costs[:50]))
+    assert len(three._boosters) == 3 and len(one._boosters) == 1
+    assert not np.array_equal(three.predict(task, cands), one.predict(task, cands))
+    truth = normalized_throughput(costs[50:])
+    assert pairwise_accuracy(three.predict(task, cands[50:]), truth) > 0.85
+    path = str(tmp_path / "ensemble.npz")
+    three.save(path)
+    loaded = XGBCostModel.from_file(path, LLVM)
+    assert loaded.config.ensemble == 3 and len(loaded._boosters) == 3
+    np.testing.assert_array_equal(loaded.predict(task, cands), three.predict(task, cands))
+
+
 def test_random_model_interface(task, grid, tmp_path):
     model = RandomCostModel(seed=3)
     model.update(task, grid[0][:2], results_of(grid[1][:2]))
@@ -283,7 +380,8 @@ def test_quality_learning_curve_cuts_each_tasks_training_part_and_keeps_its_test
     import cost_model_quality as quality
 
     rng = np.random.default_rng(0)
-    data = [(SimpleNamespace(workload_key=f"w{n}"), list(range(n)), rng.uniform(1, 2, n), []) for n in (100, 40)]
+    costs = {n: rng.uniform(1, 2, n) for n in (100, 40)}
+    data = [(SimpleNamespace(workload_key=f"w{n}"), list(range(n)), costs[n], [(c,) for c in costs[n]]) for n in (100, 40)]
 
     class Oracle:  # scores every candidate by its true throughput; remembers what it was given
         seen: list = []
