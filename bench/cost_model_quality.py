@@ -238,8 +238,7 @@ def cost_by(result, truth: str) -> float:
     their minimum (the run least disturbed by the rest of the host); inf for a failure."""
     from tilecraft.cost_model.base import cost_of
 
-    cost = cost_of(result)
-    return float(min(result.costs)) if truth == "min" and np.isfinite(cost) and result.costs else cost
+    return cost_of(result, truth)
 
 
 def load_tuning_records(paths: list[str], target, *, min_records: int, truth: str = "mean",
