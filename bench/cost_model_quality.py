@@ -3,6 +3,8 @@
     python bench/cost_model_quality.py                 # collect (or reuse) the dataset, evaluate, write bench/cost_model.md
     python bench/cost_model_quality.py --collect-only  # only measure
     python bench/cost_model_quality.py --per-task 100  # a smaller dataset (a quick look)
+    python bench/cost_model_quality.py --tasks A,B     # only these tasks, measured and evaluated (the 1024^3
+                                                       # matmul's random candidates take 2-7 s each to measure)
     python bench/cost_model_quality.py --records-from bench/work/v2/tuned.db ... --out bench/cost_model_search.md
                                                        # the candidates tuning runs measured instead (no measuring;
                                                        # --remeasure-rounds 3: a less noisy truth for some of them;
@@ -88,6 +90,15 @@ def benchmark_tasks(*, matmul_size: int = 1024) -> list:
     fc = [t for t in resnet if t.kind == "matmul"]
     return [_dense_task(matmul_size, matmul_size, matmul_size, name=f"matmul{matmul_size}"),
             _dense_task(128, 768, 768, name="dense"), *convs, *fc]
+
+
+def select_tasks(tasks: list, names: str) -> list:
+    """The tasks named in the comma-separated `names` (all of them if it is empty), in benchmark order;
+    ValueError naming any name that is not a benchmark task."""
+    wanted = set(filter(None, (n.strip() for n in names.split(","))))
+    if unknown := wanted - {t.name for t in tasks}:
+        raise ValueError(f"no benchmark task named {', '.join(sorted(unknown))} (there are {', '.join(t.name for t in tasks)})")
+    return [t for t in tasks if not wanted or t.name in wanted]
 
 
 # --------------------------------------------------------------------------- dataset
@@ -876,7 +887,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-peer", action="store_true", help="skip the MetaSchedule PerStoreFeature+XGBModel peer")
     parser.add_argument("--retest", type=int, default=64, help="candidates per task measured a second time (noise)")
     parser.add_argument("--no-retest", action="store_true", help="skip the second session (e.g. run it later)")
-    parser.add_argument("--collect-tasks", default="", help="comma-separated task names to top up (default: all)")
+    parser.add_argument("--tasks", "--collect-tasks", dest="tasks", default="",
+                        help="comma-separated task names to measure, re-measure and evaluate (default: all)")
     parser.add_argument("--repeat", type=int, default=5, help="timed repeats per measured candidate")
     parser.add_argument("--min-repeat-ms", type=int, default=30)
     parser.add_argument("--records-from", nargs="+", metavar="DB", help="evaluate on these tuning databases' records "
@@ -899,11 +911,13 @@ def main(argv=None) -> int:
 
     target = resolve_target("llvm")
     tasks = benchmark_tasks(matmul_size=args.matmul_size)
+    try:
+        tasks = select_tasks(tasks, args.tasks)
+    except ValueError as e:
+        parser.error(f"--tasks: {e}")
     with Database(args.db) as db, Database(str(Path(args.db).with_suffix(".retest.db"))) as retest_db:
         if not args.no_collect:
-            wanted = set(filter(None, args.collect_tasks.split(",")))
-            collect([t for t in tasks if not wanted or t.name in wanted], target, db, per_task=args.per_task,
-                    repeat=args.repeat, min_repeat_ms=args.min_repeat_ms)
+            collect(tasks, target, db, per_task=args.per_task, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms)
             if not args.no_retest:
                 retest(tasks, target, db, retest_db, per_task=args.retest, repeat=args.repeat,
                        min_repeat_ms=args.min_repeat_ms)

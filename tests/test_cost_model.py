@@ -369,6 +369,22 @@ def test_quality_report_error_breakdown_bands_pairs_by_ratio_and_time():
     assert quality.cost_by(MeasureResult.failure(ErrorKind.RUN, "x"), "min") == math.inf
 
 
+def test_quality_select_tasks_keeps_benchmark_order_and_names_unknown_tasks():
+    """--tasks: the named tasks only (measured and evaluated alike), in benchmark order; a typo is an error."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import cost_model_quality as quality
+
+    tasks = [SimpleNamespace(name=n) for n in ("matmul", "dense", "conv")]
+    assert quality.select_tasks(tasks, "") == tasks
+    assert [t.name for t in quality.select_tasks(tasks, "conv, dense")] == ["dense", "conv"]
+    with pytest.raises(ValueError, match="no benchmark task named convv"):
+        quality.select_tasks(tasks, "dense,convv")
+
+
 def test_quality_learning_curve_cuts_each_tasks_training_part_and_keeps_its_test_part():
     """bench/cost_model_quality.py's learning curve: n training candidates per task (at most the task's
     70 %), then all of it; the test part is the same 30 % for every n."""
