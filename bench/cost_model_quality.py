@@ -627,7 +627,7 @@ def evaluate_seen(data, factories, *, seeds: int = 3, keep: str | None = None, k
     return table, per_task
 
 
-CURVE_SIZES = (25, 50, 100, 200, 400, 800)  # training candidates per task for the learning curve
+CURVE_SIZES = (25, 50, 100, 200, 400, 800, 1050, 1600)  # training candidates per task for the learning curve
 
 
 def evaluate_learning_curve(data, factory, *, sizes=CURVE_SIZES, seeds: int = 3) -> list[tuple[float, float, float]]:
@@ -760,7 +760,8 @@ def _config_line() -> str:
 
     c = XGBConfig()
     return (f"{c.num_rounds} rounds, depth {c.max_depth}, eta {c.eta}, min_child_weight {c.min_child_weight or '3 (rank) or 1 (regression)'}, "
-            f"colsample {c.colsample_bytree}, {c.pairs_per_sample} pairs per sample, {c.rank_levels} {c.rank_scale} "
+            f"colsample {c.colsample_bytree}, {c.pairs_per_sample} pairs per sample "
+            f"({'score-normalized' if c.score_normalization else 'RankNet'} pair gradients), {c.rank_levels} {c.rank_scale} "
             f"label levels, labels from the {c.label_cost} of the repeats, {c.ensemble} booster(s)")
 
 

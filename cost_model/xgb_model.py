@@ -6,6 +6,7 @@ Two objectives, chosen by XGBConfig.objective:
                 levels (2^-6 .. 1): learns only the order of candidates of the same task, which
                 is all the search needs, not the order of pairs closer than measurement noise,
                 and (the log scale) the order among slow candidates as well as among fast ones.
+                Each sampled pair pulls with RankNet's logistic gradient (`score_normalization` off).
   "regression"  Ansor's: squared error on the normalized throughput, each sample weighted by
                 its throughput (fast candidates matter, failures barely).
 bench/cost_model_quality.py compares them on real measurements (bench/cost_model.md): "rank"
@@ -55,6 +56,8 @@ class XGBConfig:
     colsample_bytree: float = 0.7
     max_bin: int = 64  # histogram bins per feature: training time grows with it, quality barely
     pairs_per_sample: int = 32  # rank: pairs sampled per candidate within its task
+    score_normalization: bool = False  # rank: XGBoost >= 3 divides each pair's gradient by the pair's score gap
+    # (made for NDCG deltas); off, RankNet's logistic gradient: level on seen tasks, +0.001-0.006 on unseen ones
     rank_levels: int = 16  # rank: the label is one of this many levels of normalized throughput; 0 = the raw throughput
     rank_scale: str = "log"  # rank: levels even in log2 throughput over `log_octaves` octaves, or "linear" in throughput
     log_octaves: int = 6  # rank, log scale: candidates 2^6 times slower than the best share the lowest level
@@ -173,7 +176,8 @@ class XGBCostModel:
         }
         if cfg.objective == "rank":
             params |= {"objective": "rank:pairwise", "lambdarank_pair_method": "mean",
-                       "lambdarank_num_pair_per_sample": cfg.pairs_per_sample}
+                       "lambdarank_num_pair_per_sample": cfg.pairs_per_sample,
+                       "lambdarank_score_normalization": cfg.score_normalization}
             data = xgb.DMatrix(x, label=rank_label(y, cfg), qid=groups)
         else:
             params |= {"objective": "reg:squarederror"}

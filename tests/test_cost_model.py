@@ -244,6 +244,20 @@ def test_learns_to_rank_a_known_cost_function(task, grid, objective):
     assert pairwise_accuracy(random_scores, truth) < 0.7
 
 
+def test_rank_pair_gradients_with_and_without_score_normalization_both_learn(task, grid):
+    """The flag reaches XGBoost (the boosters differ) and either gradient ranks the known cost function."""
+    cands, costs = grid
+    order = np.random.default_rng(0).permutation(len(cands))
+    train, test = order[:49], order[49:]
+    scores = {}
+    for normalized in (False, True):
+        model = XGBCostModel(LLVM, config=XGBConfig(score_normalization=normalized, num_rounds=50))
+        model.update(task, [cands[i] for i in train], results_of([costs[i] for i in train]))
+        scores[normalized] = model.predict(task, [cands[i] for i in test])
+        assert pairwise_accuracy(scores[normalized], normalized_throughput([costs[i] for i in test])) > 0.85
+    assert not np.array_equal(scores[False], scores[True])
+
+
 def test_empty_model_predicts_uniform_zeros(task, grid):
     model = XGBCostModel(LLVM)
     assert not model.trained
