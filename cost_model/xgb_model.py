@@ -15,7 +15,7 @@ of each measurement's timed repeats (`label_cost`), and `ensemble` > 1 averages 
 on row subsamples; the defaults are what ranked best there.
 
 Online: `update` appends the measured batch to a buffer and retrains from scratch on the
-whole buffer (10,500 samples: 4.5 s on one thread of the 2-core box), so the labels of a task
+whole buffer (18,000 samples: 9 s on one thread of the 2-core box), so the labels of a task
 are always normalized by its best cost so far. `pretrain_from_database` fills the buffer
 from every stored record of a target, so a new tuning run starts with a useful model.
 """
