@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -354,16 +357,18 @@ def test_pretrain_from_database(task, grid, tmp_path):
     db.close()
 
 
-def test_quality_report_error_breakdown_bands_pairs_by_ratio_and_time():
+@pytest.fixture(scope="module")
+def quality():
+    """bench/cost_model_quality.py, the script whose evaluation helpers the tests below check."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import cost_model_quality
+
+    return cost_model_quality
+
+
+def test_quality_report_error_breakdown_bands_pairs_by_ratio_and_time(quality):
     """bench/cost_model_quality.py's breakdown: a model that orders like the measurement scores 1 in every
     band, a reversed one 0, and the bands' shares sum to 1; --truth min takes the fastest repeat."""
-    import sys
-    from pathlib import Path
-    from types import SimpleNamespace
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    import cost_model_quality as quality
-
     costs = np.asarray([1.0, 1.01, 1.04, 1.08, 1.15, 1.3, 2.0, 4.0])
     repeats = [(c, c, c) for c in costs]
     stamps = np.arange(len(costs)) * 100.0
@@ -383,15 +388,8 @@ def test_quality_report_error_breakdown_bands_pairs_by_ratio_and_time():
     assert quality.cost_by(MeasureResult.failure(ErrorKind.RUN, "x"), "min") == math.inf
 
 
-def test_quality_select_tasks_keeps_benchmark_order_and_names_unknown_tasks():
+def test_quality_select_tasks_keeps_benchmark_order_and_names_unknown_tasks(quality):
     """--tasks: the named tasks only (measured and evaluated alike), in benchmark order; a typo is an error."""
-    import sys
-    from pathlib import Path
-    from types import SimpleNamespace
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    import cost_model_quality as quality
-
     tasks = [SimpleNamespace(name=n) for n in ("matmul", "dense", "conv")]
     assert quality.select_tasks(tasks, "") == tasks
     assert [t.name for t in quality.select_tasks(tasks, "conv, dense")] == ["dense", "conv"]
@@ -399,16 +397,9 @@ def test_quality_select_tasks_keeps_benchmark_order_and_names_unknown_tasks():
         quality.select_tasks(tasks, "dense,convv")
 
 
-def test_quality_learning_curve_cuts_each_tasks_training_part_and_keeps_its_test_part():
+def test_quality_learning_curve_cuts_each_tasks_training_part_and_keeps_its_test_part(quality):
     """bench/cost_model_quality.py's learning curve: n training candidates per task (at most the task's
     70 %), then all of it; the test part is the same 30 % for every n."""
-    import sys
-    from pathlib import Path
-    from types import SimpleNamespace
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    import cost_model_quality as quality
-
     rng = np.random.default_rng(0)
     costs = {n: rng.uniform(1, 2, n) for n in (100, 40)}
     data = [(SimpleNamespace(workload_key=f"w{n}"), list(range(n)), costs[n], [(c,) for c in costs[n]]) for n in (100, 40)]
